@@ -1,0 +1,686 @@
+"""``CircuitBreaker``: the state machine and its bookkeeping.
+
+How the work is split, and why:
+
+* The current state is one small object (``_Closed``, ``_Open``, ...).  A
+  transition swaps it under the lock, so a call that remembers the object it
+  was admitted under can tell, when it ends, whether its outcome still
+  belongs to the current state (``admitted is self._current``).  A stale
+  outcome counts in the totals and nothing else: a slow call admitted while
+  CLOSED never closes a circuit that opened meanwhile.
+* The lock guards bookkeeping only.  It is never held while the protected
+  function or a listener runs; events are collected under the lock and
+  delivered after it is released.
+* Rejections in OPEN and FORCED_OPEN take no lock at all, so a rejected
+  caller never waits.
+* A CLOSED success that cannot open anything (no failure streak to reset,
+  not slow, inside the window's current bucket) takes no lock either: its
+  latency is appended to ``_pending`` (``list.append`` is atomic under the
+  GIL) and folded into the window, totals and histogram under the lock before
+  any decision or snapshot.  Free-threaded CPython builds have no GIL to make
+  that append and the ``AtomicCounter`` safe, and would need the locked path.
+"""
+
+import collections
+import datetime
+import logging
+import math
+import threading
+import time
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Iterable,
+    List,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
+
+import wrapt
+
+from ._config import CircuitBreakerConfig, ExceptionMatcher
+from ._errors import CircuitOpenError, ConfigError, HalfOpenLimitReached
+from ._events import Event, Listener, deliver, logger
+from ._metrics import AtomicCounter, LatencyHistogram, MetricsSnapshot
+from ._state import OpenReason, State, StateTransition
+from ._windows import CountWindow, TimeWindow
+
+F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
+
+#: Fast successes waiting to be folded; past this the next success folds.
+_PENDING_MAX = 256
+#: State changes kept for ``snapshot().transitions``.
+_TRANSITIONS_KEPT = 100
+
+_CLOSED = State.CLOSED
+_OPEN = State.OPEN
+_HALF_OPEN = State.HALF_OPEN
+_FORCED_OPEN = State.FORCED_OPEN
+_DISABLED = State.DISABLED
+
+_SUCCESS = "success"
+_FAILURE = "failure"
+_IGNORED = "ignored"
+
+
+def _monotonic() -> float:
+    # Looked up at each call so that freezegun, which replaces
+    # time.monotonic, drives every breaker built with the default clock.
+    return time.monotonic()
+
+
+class _Closed:
+    __slots__ = ()
+    state = _CLOSED
+    #: Admits every call without a permit.
+    free = True
+
+
+class _Disabled:
+    __slots__ = ()
+    state = _DISABLED
+    free = True
+
+
+class _Open:
+    __slots__ = ("until", "reason")
+    state = _OPEN
+    free = False
+
+    def __init__(self, until: float, reason: OpenReason) -> None:
+        self.until = until
+        self.reason = reason
+
+
+class _HalfOpen:
+    __slots__ = ("in_flight", "successes", "reason")
+    state = _HALF_OPEN
+    free = False
+
+    def __init__(self, reason: OpenReason) -> None:
+        self.in_flight = 0
+        self.successes = 0
+        #: Why the circuit opened before this trial period.
+        self.reason = reason
+
+
+class _ForcedOpen:
+    __slots__ = ("reason",)
+    state = _FORCED_OPEN
+    free = False
+
+    def __init__(self, reason: OpenReason) -> None:
+        self.reason = reason
+
+
+_StateObject = Union[_Closed, _Disabled, _Open, _HalfOpen, _ForcedOpen]
+#: What a call is admitted under, handed back when it ends.
+Permit = Union[_Closed, _Disabled, _HalfOpen]
+
+
+def _matcher(spec: ExceptionMatcher, on_error: bool) -> Callable[[BaseException], bool]:
+    if isinstance(spec, tuple):
+        types = spec
+        return lambda exc: isinstance(exc, types)
+    predicate = cast(Callable[[BaseException], bool], spec)
+
+    def match(exc: BaseException) -> bool:
+        try:
+            return bool(predicate(exc))
+        except Exception:
+            logger.exception(
+                "cbsync predicate %r raised while classifying %r; treated as %s",
+                predicate,
+                exc,
+                on_error,
+            )
+            return on_error
+
+    return match
+
+
+class CircuitBreaker:
+    """Stops calls to a failing dependency, and lets them through again once
+    it recovers.
+
+    ``config`` is a :class:`CircuitBreakerConfig`; its fields may instead be
+    given as keywords.  ``clock`` is a callable returning monotonic seconds
+    (default: ``time.monotonic``, looked up at each call so freezegun works).
+
+    >>> import cbsync
+    >>> breaker = cbsync.CircuitBreaker("payments", failure_threshold=2)
+    >>> def charge():
+    ...     raise IOError("gateway down")
+    >>> for _ in range(2):
+    ...     try:
+    ...         breaker.call(charge)
+    ...     except IOError:
+    ...         pass
+    >>> breaker.state
+    <State.OPEN: 'open'>
+    >>> breaker.call(charge)
+    Traceback (most recent call last):
+    ...
+    cbsync._errors.CircuitOpenError: circuit 'payments' is open (consecutive_failures=2); retry after 30.000s
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Optional[CircuitBreakerConfig] = None,
+        *,
+        clock: Optional[Callable[[], float]] = None,
+        listeners: Iterable[Listener] = (),
+        store: object = None,
+        **config_fields: Any,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name={!r} must be a non-empty string".format(name))
+        if config is not None and config_fields:
+            raise ConfigError(
+                "give either config= or config fields ({}), not both".format(
+                    ", ".join(sorted(config_fields))
+                )
+            )
+        if config is None:
+            config = CircuitBreakerConfig(**config_fields)
+        elif not isinstance(config, CircuitBreakerConfig):
+            raise ConfigError("config={!r} must be a CircuitBreakerConfig".format(config))
+        if clock is not None and not callable(clock):
+            raise ConfigError("clock={!r} must be a callable returning seconds".format(clock))
+        if store is not None:
+            raise ConfigError(
+                "store={!r}: shared stores are not available in this version".format(store)
+            )
+        listeners = tuple(listeners)
+        for listener in listeners:
+            _check_listener(listener)
+        self._name = name
+        self._config = config
+        self._now: Callable[[], float] = clock if clock is not None else _monotonic
+        self._lock = threading.Lock()
+        self._listeners: Tuple[Listener, ...] = listeners
+        self._is_ignored = _matcher(config.ignore, on_error=False)
+        self._is_failure = _matcher(config.failure_on, on_error=True)
+        self._failure_result = config.failure_result
+        self._slow_limit = (
+            config.slow_call_duration if config.slow_call_duration is not None else math.inf
+        )
+        self._window: Union[CountWindow, TimeWindow] = (
+            CountWindow(config.window_size)
+            if config.window_type == "count_based"
+            else TimeWindow(config.failure_window)
+        )
+        self._current: _StateObject = _Closed()
+        self._transitions: Deque[StateTransition] = collections.deque(maxlen=_TRANSITIONS_KEPT)
+        self._reopen_count = 0
+        self._pending: List[float] = []
+        self._fast_until = -math.inf
+        self._clear_counts()
+
+    def _clear_counts(self) -> None:
+        self._successes = 0
+        self._failures = 0
+        self._ignored = 0
+        self._slow_calls = 0
+        self._consecutive = 0
+        self._histogram = LatencyHistogram()
+        self._admitted = AtomicCounter()
+        self._count_admitted = self._admitted.increment
+        self._rejected = AtomicCounter()
+
+    # -- public API --------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The breaker's name, as shown in errors, logs and metrics."""
+        return self._name
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The breaker's configuration; it never changes."""
+        return self._config
+
+    @property
+    def state(self) -> State:
+        """The current :class:`State`."""
+        return self._current.state
+
+    @property
+    def retry_after(self) -> Optional[float]:
+        """Seconds until an OPEN breaker admits a trial call, else ``None``."""
+        current = self._current
+        if isinstance(current, _Open):
+            return max(0.0, current.until - self._now())
+        return None
+
+    def call(self, func: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run ``func(*args, **kwargs)`` through the breaker.
+
+        Returns its result and re-raises its exception unchanged; raises
+        :class:`CircuitOpenError` without calling it when the circuit rejects
+        the call.
+        """
+        admitted = self._current
+        if admitted.free:
+            self._count_admitted()
+        else:
+            admitted = self._acquire(admitted)
+        now = self._now
+        start = now()
+        try:
+            result = func(*args, **kwargs)
+        except Exception as exc:
+            self._raised(admitted, now() - start, exc)
+            raise
+        except BaseException:
+            self._abandon(admitted)
+            raise
+        end = now()
+        elapsed = end - start
+        if self._failure_result is not None and self._result_fails(result):
+            self._record(admitted, elapsed, end, _FAILURE, None)
+        elif end < self._fast_until and elapsed < self._slow_limit and len(self._pending) < _PENDING_MAX:
+            # A CLOSED success that cannot open anything: no lock (see module doc).
+            self._pending.append(elapsed)
+            if self._listeners:
+                deliver(self._listeners, [("on_success", (self, elapsed))])
+        else:
+            self._record(admitted, elapsed, end, _SUCCESS, None)
+        return result
+
+    def __call__(self, func: F) -> F:
+        """Decorate ``func`` so that every call goes through the breaker.
+
+        Works on functions, methods, classmethods and staticmethods; keeps
+        ``__name__``, ``__doc__`` and the signature; the breaker is reachable
+        as ``func.breaker``.
+        """
+        if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
+            raise ConfigError("@{!r} needs a callable, got {!r}".format(self, func))
+        return cast(F, _BreakerFunctionWrapper(func, self))
+
+    def guard(self) -> "_Guard":
+        """A context manager protecting a block of code.
+
+        An exception leaving the block is classified like one raised by the
+        function given to :meth:`call`; :class:`CircuitOpenError` is raised on
+        entry when the circuit rejects the block.
+        """
+        return _Guard(self)
+
+    def trip(self, reason: str = "manual") -> None:
+        """Force the circuit open: reject everything until :meth:`reset`."""
+        self._force(_ForcedOpen(OpenReason("manual", reason)))
+
+    def reset(self) -> None:
+        """Close the circuit and clear the window, counters and backoff."""
+        events: List[Event] = []
+        with self._lock:
+            del self._pending[:]
+            self._window.clear()
+            self._clear_counts()
+            self._reopen_count = 0
+            if not isinstance(self._current, _Closed):
+                self._transition(_Closed(), OpenReason("reset"), events)
+            self._refresh_fast()
+        self._emit(events)
+
+    def disable(self) -> None:
+        """Let every call through and never open; outcomes are still measured."""
+        self._force(_Disabled())
+
+    def snapshot(self) -> MetricsSnapshot:
+        """A frozen :class:`MetricsSnapshot` of the breaker's metrics."""
+        with self._lock:
+            now = self._now()
+            self._fold_pending()
+            calls, failures, slow = self._window.counts(now)
+            self._refresh_fast()
+            judged = self._successes + self._failures
+            return MetricsSnapshot(
+                name=self._name,
+                state=self._current.state,
+                calls_allowed=self._admitted.value(),
+                calls_rejected=self._rejected.value(),
+                successes=self._successes,
+                failures=self._failures,
+                ignored=self._ignored,
+                slow_calls=self._slow_calls,
+                consecutive_failures=self._consecutive,
+                window_calls=calls,
+                window_failure_rate=failures / calls if calls else None,
+                window_slow_call_rate=(
+                    slow / calls if calls and self._config.slow_call_duration is not None else None
+                ),
+                success_rate=self._successes / judged if judged else None,
+                average_latency=self._histogram.average(),
+                p99_latency=self._histogram.percentile(0.99),
+                transitions=tuple(self._transitions),
+            )
+
+    def add_listener(self, listener: Listener) -> None:
+        """Add ``listener``; adding one already present does nothing."""
+        _check_listener(listener)
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners = self._listeners + (listener,)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Remove ``listener``; raises ``ValueError`` if it was never added."""
+        with self._lock:
+            if listener not in self._listeners:
+                raise ValueError("{!r} is not a listener of {!r}".format(listener, self))
+            self._listeners = tuple(item for item in self._listeners if item is not listener)
+
+    def __repr__(self) -> str:
+        return "<CircuitBreaker {!r} {}>".format(self._name, self._current.state.value)
+
+    # -- admission and outcomes (also used by guard() and the integrations) --
+
+    def _acquire(self, seen: Optional[_StateObject] = None) -> Permit:
+        """Admit a call or raise :class:`CircuitOpenError`."""
+        current = self._current if seen is None else seen
+        if current.free:
+            self._count_admitted()
+            return cast(Permit, current)
+        if isinstance(current, _Open):
+            now = self._now()
+            if now < current.until:
+                raise self._reject(CircuitOpenError(self._name, _OPEN, current.reason, current.until - now))
+        elif isinstance(current, _ForcedOpen):
+            raise self._reject(CircuitOpenError(self._name, _FORCED_OPEN, current.reason, None))
+        events: List[Event] = []
+        error: Optional[CircuitOpenError] = None
+        with self._lock:
+            current = self._current
+            if isinstance(current, _Open):
+                now = self._now()
+                if now >= current.until:
+                    self._fold_pending()
+                    self._transition(
+                        _HalfOpen(current.reason), OpenReason("open_period_elapsed"), events
+                    )
+                    current = self._current
+                else:
+                    error = CircuitOpenError(self._name, _OPEN, current.reason, current.until - now)
+            if isinstance(current, _HalfOpen):
+                if current.in_flight < self._config.half_open_max_calls:
+                    current.in_flight += 1
+                else:
+                    error = HalfOpenLimitReached(self._name, _HALF_OPEN, current.reason, None)
+            elif isinstance(current, _ForcedOpen):
+                error = CircuitOpenError(self._name, _FORCED_OPEN, current.reason, None)
+            self._refresh_fast()
+        self._emit(events)
+        if error is not None:
+            raise self._reject(error)
+        self._count_admitted()
+        return cast(Permit, current)
+
+    def _reject(self, error: CircuitOpenError) -> CircuitOpenError:
+        self._rejected.increment()
+        if self._listeners:
+            deliver(self._listeners, [("on_rejected", (self, error))])
+        return error
+
+    def _result_fails(self, result: object) -> bool:
+        try:
+            return bool(self._failure_result(result))  # type: ignore[misc]
+        except Exception:
+            logger.exception(
+                "cbsync failure_result predicate of %r raised on %r; counted as a success",
+                self._name,
+                result,
+            )
+            return False
+
+    def _classify(self, exc: BaseException) -> str:
+        if self._is_ignored(exc):
+            return _IGNORED
+        if self._is_failure(exc):
+            return _FAILURE
+        return _SUCCESS
+
+    def _raised(
+        self,
+        admitted: Permit,
+        elapsed: float,
+        exc: Exception,
+        open_at_least: Optional[float] = None,
+    ) -> None:
+        """Record a call that raised ``exc`` (an ``Exception``)."""
+        self._record(admitted, elapsed, self._now(), self._classify(exc), exc, open_at_least)
+
+    def _abandon(self, admitted: Permit) -> None:
+        """A call ended by a ``BaseException``: count nothing, return its permit."""
+        if isinstance(admitted, _HalfOpen):
+            with self._lock:
+                if admitted is self._current:
+                    admitted.in_flight -= 1
+
+    def _record(
+        self,
+        admitted: Permit,
+        elapsed: float,
+        end: float,
+        outcome: str,
+        exc: Optional[BaseException],
+        open_at_least: Optional[float] = None,
+    ) -> None:
+        """Record one finished call; decide and transition under the lock."""
+        config = self._config
+        events: List[Event] = []
+        with self._lock:
+            self._fold_pending()
+            current = self._current
+            if outcome is _IGNORED:
+                self._ignored += 1
+                events.append(("on_ignored", (self, elapsed, exc)))
+                if admitted is current and isinstance(current, _HalfOpen):
+                    current.in_flight -= 1
+            else:
+                failed = outcome is _FAILURE
+                slow = elapsed >= self._slow_limit
+                self._histogram.record(elapsed)
+                self._window.record(end, failed, slow)
+                if slow:
+                    self._slow_calls += 1
+                if failed:
+                    self._failures += 1
+                    self._consecutive += 1
+                    events.append(("on_failure", (self, elapsed, exc)))
+                else:
+                    self._successes += 1
+                    self._consecutive = 0
+                    events.append(("on_success", (self, elapsed)))
+                if admitted is current:
+                    if isinstance(current, _Closed):
+                        reason = self._judge(end)
+                        if reason is not None:
+                            self._open(end, reason, events, open_at_least)
+                    elif isinstance(current, _HalfOpen):
+                        current.in_flight -= 1
+                        if failed or slow:
+                            self._reopen_count += 1
+                            kind = "trial_failure" if failed else "trial_slow_call"
+                            self._open(end, OpenReason(kind, round(elapsed, 6)), events, open_at_least)
+                        else:
+                            current.successes += 1
+                            if current.successes >= config.success_threshold:
+                                self._close(
+                                    OpenReason("trial_successes", current.successes), events
+                                )
+            self._refresh_fast()
+        self._emit(events)
+
+    # -- decisions and transitions (the lock is held) ----------------------
+
+    def _judge(self, now: float) -> Optional[OpenReason]:
+        """Return why the CLOSED circuit must open now, or ``None``."""
+        config = self._config
+        if config.failure_threshold is not None and self._consecutive >= config.failure_threshold:
+            return OpenReason("consecutive_failures", self._consecutive)
+        calls, failures, slow = self._window.counts(now)
+        if calls < config.minimum_calls:
+            return None
+        if config.failure_rate_threshold is not None:
+            rate = failures / calls
+            if rate >= config.failure_rate_threshold:
+                return OpenReason("failure_rate", round(rate, 4))
+        if config.slow_call_duration is not None:
+            rate = slow / calls
+            if rate >= config.slow_call_rate_threshold:
+                return OpenReason("slow_call_rate", round(rate, 4))
+        return None
+
+    def _open_period(self) -> float:
+        config = self._config
+        return min(
+            config.timeout * config.backoff_multiplier**self._reopen_count, config.max_timeout
+        )
+
+    def _open(
+        self,
+        now: float,
+        reason: OpenReason,
+        events: List[Event],
+        at_least: Optional[float] = None,
+    ) -> None:
+        period = self._open_period()
+        if at_least is not None and at_least > period:
+            period = min(at_least, self._config.max_timeout)
+        self._transition(_Open(now + period, reason), reason, events)
+
+    def _close(self, reason: OpenReason, events: List[Event]) -> None:
+        self._window.clear()
+        self._consecutive = 0
+        self._reopen_count = 0
+        self._transition(_Closed(), reason, events)
+
+    def _force(self, new: Union[_ForcedOpen, _Disabled]) -> None:
+        events: List[Event] = []
+        with self._lock:
+            current = self._current
+            if isinstance(current, _ForcedOpen) and isinstance(new, _ForcedOpen):
+                current.reason = new.reason
+            elif type(current) is not type(new):
+                reason = new.reason if isinstance(new, _ForcedOpen) else OpenReason("disabled")
+                self._fold_pending()
+                self._transition(new, reason, events)
+            self._refresh_fast()
+        self._emit(events)
+
+    def _transition(self, new: _StateObject, reason: OpenReason, events: List[Event]) -> None:
+        old = self._current.state
+        self._current = new
+        self._transitions.append(
+            StateTransition(old, new.state, reason, datetime.datetime.now(datetime.timezone.utc))
+        )
+        events.append(("on_state_change", (self, old, new.state, reason)))
+
+    def _fold_pending(self) -> None:
+        pending = self._pending
+        n = len(pending)
+        if n:
+            # Appends only ever add at the end, so the first n are exactly
+            # what was read; deleting them loses nothing appended meanwhile.
+            batch = pending[:n]
+            del pending[:n]
+            self._successes += n
+            self._consecutive = 0
+            self._histogram.record_many(batch)
+            self._window.record_successes(n)
+
+    def _refresh_fast(self) -> None:
+        if self._current.free and self._consecutive == 0:
+            self._fast_until = self._window.fast_until
+        else:
+            self._fast_until = -math.inf
+
+    def _emit(self, events: List[Event]) -> None:
+        for method, args in events:
+            if method == "on_state_change":
+                _, old, new, reason = args
+                logger.log(
+                    logging.WARNING if new in (_OPEN, _FORCED_OPEN) else logging.INFO,
+                    "circuit breaker %r: %s -> %s (%s)",
+                    self._name,
+                    old.value,
+                    new.value,
+                    reason,
+                )
+        if self._listeners:
+            deliver(self._listeners, events)
+
+
+def _check_listener(listener: object) -> None:
+    if not isinstance(listener, Listener):
+        raise ConfigError(
+            "listener {!r} must be an instance of cbsync.Listener (subclass it and "
+            "override the methods you need)".format(listener)
+        )
+
+
+class _Guard:
+    """``with breaker.guard():`` -- one protected block."""
+
+    __slots__ = ("_breaker", "_admitted", "_start")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+
+    def __enter__(self) -> CircuitBreaker:
+        self._admitted = self._breaker._acquire()
+        self._start = self._breaker._now()
+        return self._breaker
+
+    def __exit__(self, exc_type: object, exc: Optional[BaseException], tb: object) -> None:
+        breaker = self._breaker
+        if exc is None:
+            end = breaker._now()
+            breaker._record(self._admitted, end - self._start, end, _SUCCESS, None)
+        elif isinstance(exc, Exception):
+            breaker._raised(self._admitted, breaker._now() - self._start, exc)
+        else:
+            breaker._abandon(self._admitted)
+
+
+class _BoundBreakerWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[misc]
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return cast(CircuitBreaker, self._self_parent._self_breaker)
+
+
+class _BreakerFunctionWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
+    """``@breaker``: wrapt's binding for methods, a direct call for functions.
+
+    wrapt's own ``__call__`` looks ``__self__`` up on a plain function at
+    every call, raising and clearing an AttributeError each time; a plain
+    function needs no binding, so it is called straight through the breaker.
+    Methods, classmethods and staticmethods are bound by wrapt as usual.
+    """
+
+    __bound_function_wrapper__ = _BoundBreakerWrapper
+
+    def __init__(self, wrapped: Callable[..., Any], breaker: CircuitBreaker) -> None:
+        def wrapper(
+            wrapped: Callable[..., Any], instance: object, args: Tuple[Any, ...], kwargs: Any
+        ) -> Any:
+            return breaker.call(wrapped, *args, **kwargs)
+
+        super().__init__(wrapped, wrapper)
+        self._self_breaker = breaker
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_breaker.call(self.__wrapped__, *args, **kwargs)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker every call goes through."""
+        return cast(CircuitBreaker, self._self_breaker)

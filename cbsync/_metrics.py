@@ -1,0 +1,105 @@
+"""Totals, latency histogram and the frozen ``MetricsSnapshot``."""
+
+import itertools
+import math
+from typing import Iterable, NamedTuple, Optional, Tuple
+
+from ._state import State, StateTransition
+
+#: Smallest latency the histogram tells apart, in seconds (10 µs).
+_HIST_MIN = 1e-5
+#: Ratio between neighbouring bucket bounds: a percentile is within 5 %.
+_HIST_GROWTH = 1.05
+#: Buckets from 10 µs to about 18 minutes; anything longer lands in the last.
+_HIST_BUCKETS = 380
+_LOG_GROWTH = math.log(_HIST_GROWTH)
+
+
+class LatencyHistogram:
+    """Latencies in log-scaled buckets: fixed memory, percentiles within 5 %.
+
+    Cost: O(1) per recorded latency, O(buckets) per percentile; memory is
+    :data:`_HIST_BUCKETS` counters however many calls are recorded.
+    """
+
+    __slots__ = ("_buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self._buckets = [0] * _HIST_BUCKETS
+        self.count = 0
+        self.total = 0.0
+
+    def record(self, seconds: float) -> None:
+        if seconds <= _HIST_MIN:
+            index = 0
+        else:
+            index = min(int(math.log(seconds / _HIST_MIN) / _LOG_GROWTH) + 1, _HIST_BUCKETS - 1)
+        self._buckets[index] += 1
+        self.count += 1
+        self.total += seconds if seconds > 0.0 else 0.0
+
+    def record_many(self, latencies: Iterable[float]) -> None:
+        for seconds in latencies:
+            self.record(seconds)
+
+    def average(self) -> Optional[float]:
+        return self.total / self.count if self.count else None
+
+    def percentile(self, fraction: float) -> Optional[float]:
+        """Upper bound of the bucket holding the ``fraction`` quantile."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(fraction * self.count))
+        seen = 0
+        for index, n in enumerate(self._buckets):
+            seen += n
+            if seen >= rank:
+                return _HIST_MIN * _HIST_GROWTH**index
+        raise AssertionError("unreachable: bucket counts add up to count")
+
+
+class AtomicCounter:
+    """A counter that many threads increment without a lock.
+
+    ``increment`` is ``next()`` on an ``itertools.count``, one C call that the
+    GIL makes atomic, so no increment is ever lost.  ``value()`` consumes one
+    step of the count to read it, and must be called under the owner's lock
+    (reads are then serialised and their own steps subtracted exactly).
+    Free-threaded CPython builds would need a lock around ``increment``.
+    """
+
+    __slots__ = ("increment", "_reads")
+
+    def __init__(self) -> None:
+        self.increment = itertools.count().__next__
+        self._reads = 0
+
+    def value(self) -> int:
+        value = self.increment() - self._reads
+        self._reads += 1
+        return value
+
+
+class MetricsSnapshot(NamedTuple):
+    """A frozen view of one breaker's metrics.
+
+    Totals count since the breaker's creation or its last ``reset()``;
+    latencies are in seconds; ``transitions`` holds the last 100 state changes.
+    """
+
+    name: str
+    state: State
+    calls_allowed: int
+    calls_rejected: int
+    successes: int
+    failures: int
+    ignored: int
+    slow_calls: int
+    consecutive_failures: int
+    window_calls: int
+    window_failure_rate: Optional[float]
+    window_slow_call_rate: Optional[float]
+    success_rate: Optional[float]
+    average_latency: Optional[float]
+    p99_latency: Optional[float]
+    transitions: Tuple[StateTransition, ...]

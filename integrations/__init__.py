@@ -1,0 +1,1 @@
+"""Integrations of cbsync with third-party libraries, one module per library."""
