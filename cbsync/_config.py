@@ -62,8 +62,9 @@ def parse_duration(field: str, value: object) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
     else:
         raise ConfigError(
-            "{}={!r} is not a duration: use seconds, a timedelta or a string "
-            "such as '30s'".format(field, value)
+            "{}={!r} is not a duration: use seconds, a timedelta or a string such as '30s'".format(
+                field, value
+            )
         )
     if not seconds > 0 or seconds == float("inf"):
         raise ConfigError("{}={!r} must be a positive, finite duration".format(field, value))
@@ -104,10 +105,11 @@ def _matcher(field: str, value: object) -> ExceptionMatcher:
                 )
         return value
     if callable(value):
-        return value  # type: ignore[return-value]
+        return value
     raise ConfigError(
-        "{}={!r} must be an exception type, a tuple of them, or a predicate "
-        "exc -> bool".format(field, value)
+        "{}={!r} must be an exception type, a tuple of them, or a predicate exc -> bool".format(
+            field, value
+        )
     )
 
 
@@ -131,7 +133,7 @@ class CircuitBreakerConfig:
     >>> CircuitBreakerConfig(failure_treshold=3)
     Traceback (most recent call last):
     ...
-    cbsync._errors.ConfigError: unknown circuit breaker setting 'failure_treshold'; did you mean 'failure_threshold'?
+    cbsync._errors.ConfigError: unknown circuit breaker setting 'failure_treshold'; ...
     """
 
     failure_threshold: Optional[int]
@@ -195,9 +197,7 @@ class CircuitBreakerConfig:
             or not 1.0 <= backoff_multiplier < float("inf")
         ):
             raise ConfigError(
-                "backoff_multiplier={!r} must be a number of at least 1".format(
-                    backoff_multiplier
-                )
+                "backoff_multiplier={!r} must be a number of at least 1".format(backoff_multiplier)
             )
         if failure_result is not None and not callable(failure_result):
             raise ConfigError(
@@ -229,7 +229,7 @@ class CircuitBreakerConfig:
             "ignore": _matcher("ignore", ignore),
             "failure_result": failure_result,
         }
-        if window_type == "count_based" and values["minimum_calls"] > values["window_size"]:  # type: ignore[operator]
+        if window_type == "count_based" and minimum_calls > window_size:
             raise ConfigError(
                 "minimum_calls={!r} is larger than window_size={!r}: a count-based "
                 "window could never hold enough calls to judge a rate".format(

@@ -36,7 +36,10 @@ class CircuitOpenError(CircuitBreakerError):
     ) -> None:
         # Extra arguments go to the next class in the MRO, so integrations can
         # mix this class with another library's exception (requests, SQLAlchemy).
-        super().__init__(*args, **kwargs)
+        # Without them there is nothing for it to do: BaseException.__new__
+        # has already stored the arguments, and rejections should be cheap.
+        if args or kwargs:
+            super().__init__(*args, **kwargs)
         self.breaker = breaker
         self.state = state
         self.reason = reason

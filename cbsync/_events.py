@@ -27,6 +27,9 @@ class Listener:
     demo closed -> forced_open manual=maintenance
     """
 
+    def on_attach(self, breaker: "CircuitBreaker") -> None:
+        """The listener was added to ``breaker`` (reporters send its state here)."""
+
     def on_success(self, breaker: "CircuitBreaker", elapsed: float) -> None:
         """A call succeeded after ``elapsed`` seconds."""
 
@@ -67,4 +70,3 @@ def deliver(listeners: Sequence[Listener], events: List[Event]) -> None:
     """Deliver collected events in order."""
     for method, args in events:
         notify(listeners, method, args)
-

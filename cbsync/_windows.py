@@ -23,7 +23,7 @@ class CountWindow:
     running totals), O(1) to read; memory is ``size`` bytes.
     """
 
-    __slots__ = ("_ring", "_next", "calls", "failures", "slow", "fast_until")
+    __slots__ = ("_next", "_ring", "calls", "failures", "fast_until", "slow")
 
     def __init__(self, size: int) -> None:
         self._ring = bytearray(size)
@@ -78,15 +78,15 @@ class TimeWindow:
     """
 
     __slots__ = (
-        "_width",
         "_calls",
+        "_current",
         "_failures",
         "_slow",
-        "_current",
+        "_width",
         "calls",
         "failures",
-        "slow",
         "fast_until",
+        "slow",
     )
 
     def __init__(self, span: float, buckets: int = TIME_BUCKETS) -> None:
