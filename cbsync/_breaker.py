@@ -19,6 +19,9 @@ How the work is split, and why:
   GIL) and folded into the window, totals and histogram under the lock before
   any decision or snapshot.  Free-threaded CPython builds have no GIL to make
   that append and the ``AtomicCounter`` safe, and would need the locked path.
+* Every locked path fetches the lock through the ``_lock`` property, which
+  compares ``os.getpid()`` and, in a forked child, rebuilds the breaker first
+  (``_after_fork``; see ``_fork.py``).  The lock-free paths never pay for it.
 """
 
 import collections
@@ -28,6 +31,7 @@ import math
 import threading
 import time
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     Deque,
@@ -42,11 +46,14 @@ from typing import (
 
 import wrapt
 
-from ._config import CircuitBreakerConfig, ExceptionMatcher
+from . import _health
+from ._config import CircuitBreakerConfig, Duration, ExceptionMatcher
 from ._errors import CircuitOpenError, ConfigError, HalfOpenLimitReached
-from ._events import Event, Listener, deliver, logger
+from ._events import Event, Listener, deliver, logger, notify_success
+from ._fork import ForkGuard
 from ._metrics import AtomicCounter, LatencyHistogram, MetricsSnapshot
 from ._state import OpenReason, State, StateTransition
+from ._store import LocalTransition, RemoteState, StoreBinding, TrialVerdict, bind_store
 from ._windows import CountWindow, TimeWindow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +95,7 @@ class _Disabled:
 
 
 class _Open:
-    __slots__ = ("until", "reason")
+    __slots__ = ("reason", "until")
     state = _OPEN
     free = False
 
@@ -98,7 +105,7 @@ class _Open:
 
 
 class _HalfOpen:
-    __slots__ = ("in_flight", "successes", "reason")
+    __slots__ = ("in_flight", "reason", "successes")
     state = _HALF_OPEN
     free = False
 
@@ -166,7 +173,7 @@ class CircuitBreaker:
     >>> breaker.call(charge)
     Traceback (most recent call last):
     ...
-    cbsync._errors.CircuitOpenError: circuit 'payments' is open (consecutive_failures=2); retry after 30.000s
+    cbsync._errors.CircuitOpenError: circuit 'payments' is open (consecutive_failures=2); ...
     """
 
     def __init__(
@@ -193,17 +200,20 @@ class CircuitBreaker:
             raise ConfigError("config={!r} must be a CircuitBreakerConfig".format(config))
         if clock is not None and not callable(clock):
             raise ConfigError("clock={!r} must be a callable returning seconds".format(clock))
-        if store is not None:
-            raise ConfigError(
-                "store={!r}: shared stores are not available in this version".format(store)
-            )
+        if store is not None and not callable(getattr(store, "bind", None)):
+            bind_store(store, self)  # raises the ConfigError naming the bad store
         listeners = tuple(listeners)
         for listener in listeners:
             _check_listener(listener)
         self._name = name
         self._config = config
+        self._clock = clock
         self._now: Callable[[], float] = clock if clock is not None else _monotonic
-        self._lock = threading.Lock()
+        # Read through the _lock property, which rebuilds it in a forked child.
+        self._lock_obj = threading.Lock()
+        self._fork = ForkGuard(self._after_fork)
+        #: Registered health checks; told about every state change.
+        self._health_checks: Tuple[_health.HealthCheckHandle, ...] = ()
         self._listeners: Tuple[Listener, ...] = listeners
         self._is_ignored = _matcher(config.ignore, on_error=False)
         self._is_failure = _matcher(config.failure_on, on_error=True)
@@ -222,6 +232,11 @@ class CircuitBreaker:
         self._pending: List[float] = []
         self._fast_until = -math.inf
         self._clear_counts()
+        #: Link to a shared store (see _store.py); None keeps everything local.
+        self._binding: Optional[StoreBinding] = None
+        if store is not None:
+            self._binding = bind_store(store, self)
+        deliver(listeners, [("on_attach", (self,))])
 
     def _clear_counts(self) -> None:
         self._successes = 0
@@ -266,30 +281,36 @@ class CircuitBreaker:
         :class:`CircuitOpenError` without calling it when the circuit rejects
         the call.
         """
-        admitted = self._current
+        # Only free states are admitted here; the others go through _acquire.
+        admitted: Permit = self._current  # type: ignore[assignment]
         if admitted.free:
             self._count_admitted()
         else:
             admitted = self._acquire(admitted)
-        now = self._now
-        start = now()
+        clock = self._clock
+        # time.monotonic is looked up at each call, so freezegun drives it.
+        start = time.monotonic() if clock is None else clock()
         try:
             result = func(*args, **kwargs)
         except Exception as exc:
-            self._raised(admitted, now() - start, exc)
+            self._raised(admitted, self._now() - start, exc)
             raise
         except BaseException:
             self._abandon(admitted)
             raise
-        end = now()
+        end = time.monotonic() if clock is None else clock()
         elapsed = end - start
         if self._failure_result is not None and self._result_fails(result):
             self._record(admitted, elapsed, end, _FAILURE, None)
-        elif end < self._fast_until and elapsed < self._slow_limit and len(self._pending) < _PENDING_MAX:
+        elif (
+            end < self._fast_until
+            and elapsed < self._slow_limit
+            and len(self._pending) < _PENDING_MAX
+        ):
             # A CLOSED success that cannot open anything: no lock (see module doc).
             self._pending.append(elapsed)
             if self._listeners:
-                deliver(self._listeners, [("on_success", (self, elapsed))])
+                notify_success(self._listeners, self, elapsed)
         else:
             self._record(admitted, elapsed, end, _SUCCESS, None)
         return result
@@ -301,7 +322,8 @@ class CircuitBreaker:
         ``__name__``, ``__doc__`` and the signature; the breaker is reachable
         as ``func.breaker``.
         """
-        if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
+        candidate: object = func
+        if not callable(candidate) and not isinstance(candidate, (classmethod, staticmethod)):
             raise ConfigError("@{!r} needs a callable, got {!r}".format(self, func))
         return cast(F, _BreakerFunctionWrapper(func, self))
 
@@ -315,7 +337,10 @@ class CircuitBreaker:
         return _Guard(self)
 
     def trip(self, reason: str = "manual") -> None:
-        """Force the circuit open: reject everything until :meth:`reset`."""
+        """Force the circuit open: reject everything until :meth:`reset`.
+
+        With a shared store, :meth:`trip` and :meth:`reset` act on the whole fleet.
+        """
         self._force(_ForcedOpen(OpenReason("manual", reason)))
 
     def reset(self) -> None:
@@ -328,6 +353,10 @@ class CircuitBreaker:
             self._reopen_count = 0
             if not isinstance(self._current, _Closed):
                 self._transition(_Closed(), OpenReason("reset"), events)
+            elif self._binding is not None:
+                # Closed here, maybe not elsewhere: with a store, a reset is fleet-wide.
+                reset = OpenReason("reset")
+                self._binding.changed(LocalTransition(_CLOSED, _CLOSED, reset, reset, None, 0))
             self._refresh_fast()
         self._emit(events)
 
@@ -368,8 +397,10 @@ class CircuitBreaker:
         """Add ``listener``; adding one already present does nothing."""
         _check_listener(listener)
         with self._lock:
-            if listener not in self._listeners:
-                self._listeners = self._listeners + (listener,)
+            if listener in self._listeners:
+                return
+            self._listeners = (*self._listeners, listener)
+        deliver((listener,), [("on_attach", (self,))])
 
     def remove_listener(self, listener: Listener) -> None:
         """Remove ``listener``; raises ``ValueError`` if it was never added."""
@@ -377,6 +408,47 @@ class CircuitBreaker:
             if listener not in self._listeners:
                 raise ValueError("{!r} is not a listener of {!r}".format(listener, self))
             self._listeners = tuple(item for item in self._listeners if item is not listener)
+
+    def health_check(
+        self,
+        check: Callable[[], object],
+        *,
+        interval: Duration = 1.0,
+        max_interval: Duration = 60.0,
+        multiplier: float = 2.0,
+        jitter: float = 0.1,
+        on_healthy: str = "half_open",
+    ) -> _health.HealthCheckHandle:
+        """Probe the dependency with ``check()`` while the circuit is OPEN.
+
+        ``check`` takes no arguments; an exception or a falsy result means
+        unhealthy.  It runs only while the breaker is OPEN (never while
+        CLOSED, HALF_OPEN, FORCED_OPEN or DISABLED), on a background thread
+        shared by every breaker.  The ``n``-th wait after the circuit opened
+        (or after the last unhealthy answer) is ``min(interval *
+        multiplier**n, max_interval)`` seconds of real time, scattered by ±
+        ``jitter`` (a fraction of the wait).  A healthy answer moves the
+        breaker to HALF_OPEN (``on_healthy="half_open"``: trial calls decide)
+        or straight to CLOSED (``"close"``), with reason ``health_check``, and
+        resets the waits; a ``trip()``, ``reset()`` or reopen that happened
+        while the check ran is never undone by it.
+
+        Returns a handle; ``handle.stop()`` unregisters the check.
+
+        >>> import cbsync
+        >>> breaker = cbsync.CircuitBreaker("db")
+        >>> handle = breaker.health_check(lambda: True, interval="500ms", on_healthy="close")
+        >>> handle.stop()
+        """
+        return _health.scheduler().register(
+            self,
+            check,
+            interval=interval,
+            max_interval=max_interval,
+            multiplier=multiplier,
+            jitter=jitter,
+            on_healthy=on_healthy,
+        )
 
     def __repr__(self) -> str:
         return "<CircuitBreaker {!r} {}>".format(self._name, self._current.state.value)
@@ -389,12 +461,29 @@ class CircuitBreaker:
         if current.free:
             self._count_admitted()
             return cast(Permit, current)
-        if isinstance(current, _Open):
-            now = self._now()
-            if now < current.until:
-                raise self._reject(CircuitOpenError(self._name, _OPEN, current.reason, current.until - now))
+        if current.state is _OPEN:
+            clock = self._clock
+            now = time.monotonic() if clock is None else clock()
+            until = current.until  # type: ignore[union-attr]
+            if now < until:
+                if self._health_checks:
+                    # No lock here, so no fork check either; but a forked child
+                    # whose fork ran no at-fork hook (uWSGI) must still restart
+                    # the health checks that recover this breaker.
+                    self._fork.check()
+                # The common rejection: no lock, and the error's message is
+                # only formatted if someone reads it.
+                raise self._reject(
+                    CircuitOpenError(self._name, _OPEN, current.reason, until - now)  # type: ignore[union-attr]
+                )
         elif isinstance(current, _ForcedOpen):
             raise self._reject(CircuitOpenError(self._name, _FORCED_OPEN, current.reason, None))
+        binding = self._binding
+        if binding is not None and binding.shared:
+            # A trial permit is the fleet's to give (one round trip, no lock held).
+            verdict = binding.request_trial()
+            if verdict is not None:
+                return self._admit_remote(binding, verdict)
         events: List[Event] = []
         error: Optional[CircuitOpenError] = None
         with self._lock:
@@ -408,7 +497,9 @@ class CircuitBreaker:
                     )
                     current = self._current
                 else:
-                    error = CircuitOpenError(self._name, _OPEN, current.reason, current.until - now)
+                    error = CircuitOpenError(
+                        self._name, _OPEN, current.reason, current.until - now
+                    )
             if isinstance(current, _HalfOpen):
                 if current.in_flight < self._config.half_open_max_calls:
                     current.in_flight += 1
@@ -422,6 +513,64 @@ class CircuitBreaker:
             raise self._reject(error)
         self._count_admitted()
         return cast(Permit, current)
+
+    def _admit_remote(self, binding: StoreBinding, verdict: TrialVerdict) -> Permit:
+        """Admit a call or raise, as the fleet's ``verdict`` says (see _store.py)."""
+        events: List[Event] = []
+        error: Optional[CircuitOpenError] = None
+        permit: Optional[Permit] = None
+        with self._lock:
+            remote = verdict.remote
+            if remote is not None and binding.accept_remote(remote):
+                self._apply_remote(remote, events)
+            current = self._current
+            if current.free:
+                permit = cast(Permit, current)
+            elif verdict.granted and isinstance(current, _HalfOpen):
+                current.in_flight += 1
+                permit = current
+            else:
+                error = self._rejection()
+                if error is None:
+                    # The local state would admit the call; the fleet did not.
+                    reason = getattr(current, "reason", OpenReason("remote"))
+                    if isinstance(current, _HalfOpen):
+                        error = HalfOpenLimitReached(self._name, _HALF_OPEN, reason, None)
+                    else:
+                        error = CircuitOpenError(self._name, current.state, reason, None)
+            if verdict.granted:
+                binding.trial_settled(verdict, permit is not None and not current.free)
+            self._refresh_fast()
+        self._emit(events)
+        if error is not None:
+            raise self._reject(error)
+        self._count_admitted()
+        return cast(Permit, permit)
+
+    def _rejection(self) -> Optional[CircuitOpenError]:
+        """The error :meth:`_acquire` would raise now, or ``None`` if it would admit a call.
+
+        Takes no permit, counts nothing and changes no state (raise the error
+        through :meth:`_reject` to count it as a rejection).  For integrations
+        that gate something which is not itself a call, such as a SQLAlchemy
+        pool checkout.  Read without the lock: a HALF_OPEN answer may be stale
+        by one trial call.  Keep it in step with :meth:`_acquire`.
+        """
+        current = self._current
+        if current.free:
+            return None
+        if isinstance(current, _Open):
+            remaining = current.until - self._now()
+            if remaining > 0:
+                return CircuitOpenError(self._name, _OPEN, current.reason, remaining)
+            return None
+        if isinstance(current, _ForcedOpen):
+            return CircuitOpenError(self._name, _FORCED_OPEN, current.reason, None)
+        if isinstance(current, _HalfOpen) and (
+            current.in_flight >= self._config.half_open_max_calls
+        ):
+            return HalfOpenLimitReached(self._name, _HALF_OPEN, current.reason, None)
+        return None
 
     def _reject(self, error: CircuitOpenError) -> CircuitOpenError:
         self._rejected.increment()
@@ -457,12 +606,28 @@ class CircuitBreaker:
         """Record a call that raised ``exc`` (an ``Exception``)."""
         self._record(admitted, elapsed, self._now(), self._classify(exc), exc, open_at_least)
 
+    def _succeeded(self, admitted: Permit, elapsed: float, end: float) -> None:
+        """Record a successful call as :meth:`call` does: without the lock when
+        it cannot change anything (see the module docstring)."""
+        if (
+            end < self._fast_until
+            and elapsed < self._slow_limit
+            and len(self._pending) < _PENDING_MAX
+        ):
+            self._pending.append(elapsed)
+            if self._listeners:
+                notify_success(self._listeners, self, elapsed)
+        else:
+            self._record(admitted, elapsed, end, _SUCCESS, None)
+
     def _abandon(self, admitted: Permit) -> None:
         """A call ended by a ``BaseException``: count nothing, return its permit."""
         if isinstance(admitted, _HalfOpen):
             with self._lock:
                 if admitted is self._current:
                     admitted.in_flight -= 1
+                    if self._binding is not None:
+                        self._binding.trial_ended(False)
 
     def _record(
         self,
@@ -484,6 +649,8 @@ class CircuitBreaker:
                 events.append(("on_ignored", (self, elapsed, exc)))
                 if admitted is current and isinstance(current, _HalfOpen):
                     current.in_flight -= 1
+                    if self._binding is not None:
+                        self._binding.trial_ended(False)
             else:
                 failed = outcome is _FAILURE
                 slow = elapsed >= self._slow_limit
@@ -506,10 +673,14 @@ class CircuitBreaker:
                             self._open(end, reason, events, open_at_least)
                     elif isinstance(current, _HalfOpen):
                         current.in_flight -= 1
+                        if self._binding is not None:
+                            self._binding.trial_ended(not (failed or slow))
                         if failed or slow:
                             self._reopen_count += 1
                             kind = "trial_failure" if failed else "trial_slow_call"
-                            self._open(end, OpenReason(kind, round(elapsed, 6)), events, open_at_least)
+                            self._open(
+                                end, OpenReason(kind, round(elapsed, 6)), events, open_at_least
+                            )
                         else:
                             current.successes += 1
                             if current.successes >= config.success_threshold:
@@ -519,14 +690,74 @@ class CircuitBreaker:
             self._refresh_fast()
         self._emit(events)
 
+    # -- fork safety and health checks ------------------------------------
+
+    @property
+    def _lock(self) -> threading.Lock:
+        # Every locked path fetches the lock here, so a forked child rebuilds
+        # before it locks (its copy may be held by a parent thread that does
+        # not exist in the child).  One os.getpid() per locked operation; the
+        # lock-free paths (CLOSED fast success, OPEN rejection) never get here.
+        self._fork.check()
+        return self._lock_obj
+
+    def _after_fork(self) -> None:
+        """In a forked child, before first use: fresh lock, same state and counts.
+
+        A lock still held here was held by a thread of the parent, which may
+        have been interrupted halfway through updating the window: the window
+        is then cleared rather than trusted.  Calls that were running in other
+        threads of the parent never end in the child, so a HALF_OPEN state is
+        replaced by one with no trial call in flight (its successes kept).
+        """
+        torn = self._lock_obj.locked()
+        self._lock_obj = threading.Lock()
+        if torn:
+            self._window.clear()
+            self._refresh_fast()
+        current = self._current
+        if isinstance(current, _HalfOpen):
+            fresh = _HalfOpen(current.reason)
+            fresh.successes = current.successes
+            self._current = fresh
+        if self._health_checks:
+            _health.state_changed(self)
+
+    def _recover(self, started_under: object, close: bool, active: Callable[[], bool]) -> bool:
+        """A health check passed: leave OPEN, if ``started_under`` is still current.
+
+        ``active()`` is read under the lock, so a check stopped before this
+        takes the lock never moves the breaker.
+        """
+        events: List[Event] = []
+        with self._lock:
+            current = self._current
+            if current is not started_under or not isinstance(current, _Open) or not active():
+                return False
+            self._fold_pending()
+            reason = OpenReason("health_check")
+            if close:
+                self._close(reason, events)
+            else:
+                self._transition(_HalfOpen(current.reason), reason, events)
+            self._refresh_fast()
+        self._emit(events)
+        return True
+
     # -- decisions and transitions (the lock is held) ----------------------
 
     def _judge(self, now: float) -> Optional[OpenReason]:
         """Return why the CLOSED circuit must open now, or ``None``."""
         config = self._config
-        if config.failure_threshold is not None and self._consecutive >= config.failure_threshold:
-            return OpenReason("consecutive_failures", self._consecutive)
+        consecutive = self._consecutive
         calls, failures, slow = self._window.counts(now)
+        if self._binding is not None:
+            # The fleet's counts: the store's last sync plus what is not flushed yet.
+            calls, failures, slow, consecutive = self._binding.judged_counts(
+                calls, failures, slow, consecutive
+            )
+        if config.failure_threshold is not None and consecutive >= config.failure_threshold:
+            return OpenReason("consecutive_failures", consecutive)
         if calls < config.minimum_calls:
             return None
         if config.failure_rate_threshold is not None:
@@ -576,13 +807,97 @@ class CircuitBreaker:
             self._refresh_fast()
         self._emit(events)
 
-    def _transition(self, new: _StateObject, reason: OpenReason, events: List[Event]) -> None:
+    def _transition(
+        self, new: _StateObject, reason: OpenReason, events: List[Event], remote: bool = False
+    ) -> None:
+        """Swap the state object; ``remote`` when adopting the fleet's state (not published)."""
         old = self._current.state
         self._current = new
         self._transitions.append(
             StateTransition(old, new.state, reason, datetime.datetime.now(datetime.timezone.utc))
         )
         events.append(("on_state_change", (self, old, new.state, reason)))
+        if self._binding is not None and not remote:
+            self._binding.changed(self._describe(old, reason))
+
+    # -- shared store (see _store.py) ---------------------------------------
+
+    def _describe(self, old: State, cause: OpenReason) -> LocalTransition:
+        """The current state as a transition from ``old`` (lock held)."""
+        current = self._current
+        reason: OpenReason = getattr(current, "reason", cause)
+        until = current.until if isinstance(current, _Open) else None
+        return LocalTransition(old, current.state, cause, reason, until, self._reopen_count)
+
+    def _totals(self) -> Tuple[int, int, int, int]:
+        """``(calls, failures, slow, consecutive)`` since creation or reset (lock held).
+
+        Calls are successes and failures; fast successes are folded in first.
+        """
+        self._fold_pending()
+        return (
+            self._successes + self._failures,
+            self._failures,
+            self._slow_calls,
+            self._consecutive,
+        )
+
+    def _synchronise(self, update: Callable[[], Optional[RemoteState]]) -> None:
+        """Run ``update()`` under the lock and adopt the state it returns, if any.
+
+        The one way a store changes a breaker's state; listeners are told
+        after the lock is released, as for any transition.
+        """
+        events: List[Event] = []
+        with self._lock:
+            remote = update()
+            if remote is not None:
+                self._apply_remote(remote, events)
+                self._refresh_fast()
+        self._emit(events)
+
+    def _apply_remote(self, remote: RemoteState, events: List[Event]) -> None:
+        """Make the fleet's state this breaker's (lock held).
+
+        A transition made by another process is reported with reason kind
+        ``"remote"`` (its value: that process's reason), except FORCED_OPEN,
+        which keeps its ``"manual"`` reason.  A DISABLED breaker ignores the
+        fleet.  An OPEN breaker that is told the fleet is OPEN keeps its own
+        reason and takes the fleet's end of the period.
+        """
+        current = self._current
+        if isinstance(current, _Disabled):
+            return
+        state = remote.state
+        reason, cause = remote.reason, remote.cause
+        if not remote.mine and state is not _FORCED_OPEN:
+            reason = OpenReason("remote", str(reason))
+            cause = OpenReason("remote", str(cause))
+        self._fold_pending()
+        self._reopen_count = remote.reopen_count
+        if state is _OPEN:
+            until = self._now() + (remote.remaining or 0.0)
+            if isinstance(current, _Open):
+                current.until = until
+            else:
+                self._transition(_Open(until, reason), cause, events, remote=True)
+        elif state is _HALF_OPEN:
+            opened_for = current.reason if isinstance(current, (_Open, _HalfOpen)) else reason
+            if isinstance(current, _HalfOpen):
+                # A later trial period: calls admitted in this one no longer count.
+                self._current = _HalfOpen(opened_for)
+            else:
+                self._transition(_HalfOpen(opened_for), cause, events, remote=True)
+        elif state is _FORCED_OPEN:
+            if isinstance(current, _ForcedOpen):
+                current.reason = reason
+            else:
+                self._transition(_ForcedOpen(reason), cause, events, remote=True)
+        else:
+            self._window.clear()
+            self._consecutive = 0
+            if not isinstance(current, _Closed):
+                self._transition(_Closed(), cause, events, remote=True)
 
     def _fold_pending(self) -> None:
         pending = self._pending
@@ -598,10 +913,36 @@ class CircuitBreaker:
             self._window.record_successes(n)
 
     def _refresh_fast(self) -> None:
-        if self._current.free and self._consecutive == 0:
+        """Allow lock-free successes until the window's next edge, if no
+        success could change anything before then."""
+        current = self._current
+        if (
+            current.free
+            and self._consecutive == 0
+            and not (isinstance(current, _Closed) and self._success_may_open())
+        ):
             self._fast_until = self._window.fast_until
         else:
             self._fast_until = -math.inf
+
+    def _success_may_open(self) -> bool:
+        # A success lowers both rates, but the one that brings the window up
+        # to minimum_calls is judged, and may find a rate at its threshold.
+        # The smallest count that reaches the minimum is the worst case: any
+        # further success only lowers the rates, and a full count window
+        # evicting an outcome to make room never raises them.
+        config = self._config
+        window = self._window
+        calls = window.calls + max(1, config.minimum_calls - window.calls)
+        if (
+            config.failure_rate_threshold is not None
+            and window.failures / calls >= config.failure_rate_threshold
+        ):
+            return True
+        return (
+            config.slow_call_duration is not None
+            and window.slow / calls >= config.slow_call_rate_threshold
+        )
 
     def _emit(self, events: List[Event]) -> None:
         for method, args in events:
@@ -615,6 +956,9 @@ class CircuitBreaker:
                     new.value,
                     reason,
                 )
+                if self._health_checks:
+                    # Arm or disarm the checks (they read the current state).
+                    _health.state_changed(self)
         if self._listeners:
             deliver(self._listeners, events)
 
@@ -630,7 +974,7 @@ def _check_listener(listener: object) -> None:
 class _Guard:
     """``with breaker.guard():`` -- one protected block."""
 
-    __slots__ = ("_breaker", "_admitted", "_start")
+    __slots__ = ("_admitted", "_breaker", "_start")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
@@ -651,13 +995,21 @@ class _Guard:
             breaker._abandon(self._admitted)
 
 
-class _BoundBreakerWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[misc]
+if TYPE_CHECKING:
+    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper[Any, Any]
+    _FunctionWrapper = wrapt.FunctionWrapper[Any, Any]
+else:  # wrapt < 2 has no type parameters
+    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class _BoundBreakerWrapper(_BoundFunctionWrapper):
     @property
     def breaker(self) -> CircuitBreaker:
         return cast(CircuitBreaker, self._self_parent._self_breaker)
 
 
-class _BreakerFunctionWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
+class _BreakerFunctionWrapper(_FunctionWrapper):
     """``@breaker``: wrapt's binding for methods, a direct call for functions.
 
     wrapt's own ``__call__`` looks ``__self__`` up on a plain function at
@@ -683,4 +1035,5 @@ class _BreakerFunctionWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
     @property
     def breaker(self) -> CircuitBreaker:
         """The breaker every call goes through."""
-        return cast(CircuitBreaker, self._self_breaker)
+        breaker: CircuitBreaker = self._self_breaker
+        return breaker

@@ -66,6 +66,19 @@ def notify(listeners: Sequence[Listener], method: str, args: Tuple[Any, ...]) ->
             )
 
 
+def notify_success(
+    listeners: Sequence[Listener], breaker: "CircuitBreaker", elapsed: float
+) -> None:
+    """``notify(listeners, "on_success", ...)`` for the lock-free success path."""
+    for listener in listeners:
+        try:
+            listener.on_success(breaker, elapsed)
+        except Exception:
+            logger.exception(
+                "cbsync listener %r raised in on_success; the call is not affected", listener
+            )
+
+
 def deliver(listeners: Sequence[Listener], events: List[Event]) -> None:
     """Deliver collected events in order."""
     for method, args in events:

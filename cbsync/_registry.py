@@ -1,0 +1,384 @@
+"""``Registry``: named breakers built from configuration profiles.
+
+A registry owns a set of *profiles* -- mappings of
+:class:`~cbsync.CircuitBreakerConfig` fields -- and creates each named breaker
+once.  The settings of a breaker are, from weakest to strongest: the built-in
+defaults, the ``default`` profile, the profile named by ``profile=`` (or,
+failing that, a profile named like the breaker), and keyword overrides.
+
+There is one process-wide default registry, ``cbsync.registry``.  Everything
+that takes ``registry=None`` (``@circuit``, ``patch()``, the integrations)
+looks the default up with :func:`default_registry` each time it needs a
+breaker, never once and for all, so that swapping it (as the pytest fixture
+``breaker_registry`` does through :func:`set_default_registry`) takes effect
+for code decorated long before.
+"""
+
+import difflib
+import sys
+import threading
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+)
+
+from ._breaker import CircuitBreaker
+from ._config import FIELD_NAMES, CircuitBreakerConfig
+from ._errors import ConfigError
+from ._events import Listener
+from ._fork import ForkGuard
+from ._metrics import MetricsSnapshot
+
+#: The profile every breaker starts from.
+DEFAULT_PROFILE = "default"
+#: Accepted spellings of a field, mapped to the field (the seed's YAML uses them).
+SYNONYMS: Dict[str, str] = {"window_duration": "failure_window"}
+
+Settings = Dict[str, Any]
+
+
+def normalize_settings(settings: Mapping[str, Any], where: str) -> Settings:
+    """Check the keys of ``settings`` and resolve synonyms.
+
+    ``where`` prefixes every error message (for example ``"profile 'database'"``).
+    """
+    if not isinstance(settings, Mapping):
+        raise ConfigError(
+            "{}: expected a mapping of settings, got {} {!r}".format(
+                where, type(settings).__name__, settings
+            )
+        )
+    result: Settings = {}
+    for key, value in settings.items():
+        if not isinstance(key, str):
+            raise ConfigError(
+                "{}: setting name {!r} (value {!r}) must be a string".format(where, key, value)
+            )
+        field = SYNONYMS.get(key, key)
+        if field not in FIELD_NAMES:
+            close = difflib.get_close_matches(key, FIELD_NAMES + tuple(SYNONYMS), n=1)
+            hint = "; did you mean {!r}?".format(close[0]) if close else ""
+            raise ConfigError(
+                "{}: unknown setting {!r} (value {!r}){}".format(where, key, value, hint)
+            )
+        if field in result:
+            spellings = sorted(k for k in settings if SYNONYMS.get(k, k) == field)
+            raise ConfigError(
+                "{}: {} are the same setting; give only one ({})".format(
+                    where,
+                    " and ".join(repr(k) for k in spellings),
+                    ", ".join("{}={!r}".format(k, settings[k]) for k in spellings),
+                )
+            )
+        result[field] = value
+    return result
+
+
+def build_config(settings: Settings, where: str) -> CircuitBreakerConfig:
+    """``CircuitBreakerConfig(**settings)``, with ``where`` prefixed to any error."""
+    try:
+        return CircuitBreakerConfig(**settings)
+    except ConfigError as exc:
+        raise ConfigError("{}: {}".format(where, exc)) from exc
+
+
+class _Entry(NamedTuple):
+    breaker: CircuitBreaker
+    profile: Optional[str]
+    overrides: Settings
+
+
+class Registry:
+    """Named circuit breakers, created once from configuration profiles.
+
+    ``profiles`` maps profile names to settings (fields of
+    :class:`~cbsync.CircuitBreakerConfig`; ``window_duration`` is accepted for
+    ``failure_window``).  Every breaker the registry creates gets its
+    ``clock``, its ``store`` and its listeners (present and future).
+
+    >>> import cbsync
+    >>> registry = cbsync.Registry({
+    ...     "default": {"failure_threshold": 5, "timeout": "30s"},
+    ...     "database": {"failure_threshold": 3, "timeout": "10s"},
+    ... })
+    >>> db = registry.get("orders-db", profile="database")
+    >>> db.config.failure_threshold, db.config.timeout
+    (3, 10.0)
+    >>> registry.get("orders-db", profile="database") is db
+    True
+    >>> registry.get("billing", failure_threshold=2).config.timeout
+    30.0
+    >>> "billing" in registry, len(registry)
+    (True, 2)
+    """
+
+    def __init__(
+        self,
+        profiles: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        *,
+        store: object = None,
+        listeners: Iterable[Listener] = (),
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
+        if clock is not None and not callable(clock):
+            raise ConfigError("clock={!r} must be a callable returning seconds".format(clock))
+        listeners = tuple(listeners)
+        for listener in listeners:
+            if not isinstance(listener, Listener):
+                raise ConfigError(
+                    "listener {!r} must be an instance of cbsync.Listener".format(listener)
+                )
+        # Reentrant: a listener's on_attach runs while a breaker is created
+        # under this lock and may itself ask the registry for something.
+        self._lock_obj = threading.RLock()
+        self._fork = ForkGuard(self._after_fork)
+        self._profiles: Dict[str, Settings] = {}
+        self._breakers: Dict[str, _Entry] = {}
+        self._listeners: Tuple[Listener, ...] = listeners
+        self._store = store
+        self._clock = clock
+        if profiles is not None:
+            self.configure(profiles)
+
+    # -- profiles ------------------------------------------------------------
+
+    def configure(self, profiles: Mapping[str, Mapping[str, Any]]) -> None:
+        """Add or replace profiles (a profile named again is replaced whole).
+
+        Every profile is validated, overlaid on ``default``, before anything
+        changes.  Raises :class:`~cbsync.ConfigError` for a bad setting, or
+        when the change would alter the configuration of a breaker that
+        already exists (configure before creating breakers).
+        """
+        if not isinstance(profiles, Mapping):
+            raise ConfigError(
+                "profiles must be a mapping of profile name to settings, got {} {!r}".format(
+                    type(profiles).__name__, profiles
+                )
+            )
+        if "circuit_breaker" in profiles and isinstance(profiles["circuit_breaker"], Mapping):
+            raise ConfigError(
+                "configure() takes profiles, not a whole configuration document (top key "
+                "'circuit_breaker'): use cbsync.load_config(document) or "
+                "configure(document['circuit_breaker'])"
+            )
+        new: Dict[str, Settings] = {}
+        for profile, settings in profiles.items():
+            if not isinstance(profile, str) or not profile:
+                raise ConfigError("profile name {!r} must be a non-empty string".format(profile))
+            new[profile] = normalize_settings(settings, "profile {!r}".format(profile))
+        with self._lock:
+            merged = dict(self._profiles)
+            merged.update(new)
+            default = merged.get(DEFAULT_PROFILE, {})
+            build_config(default, "profile {!r}".format(DEFAULT_PROFILE))
+            for profile, settings in merged.items():
+                if profile != DEFAULT_PROFILE:
+                    build_config(_overlay(default, settings), "profile {!r}".format(profile))
+            for name, entry in self._breakers.items():
+                config = self._resolve(merged, name, entry.profile, entry.overrides)
+                if config != entry.breaker.config:
+                    raise ConfigError(
+                        "breaker {!r} already exists and this configuration would change "
+                        "it ({}); configure profiles before the breakers are created".format(
+                            name, _differences(entry.breaker.config, config)
+                        )
+                    )
+            self._profiles = merged
+
+    @property
+    def profiles(self) -> Tuple[str, ...]:
+        """The names of the configured profiles, in the order they were given."""
+        return tuple(self._profiles)
+
+    def profile_settings(self, profile: str) -> Settings:
+        """The settings ``profile`` gives itself (not overlaid on ``default``)."""
+        return dict(self._profiles.get(profile, {}))
+
+    def config_for(
+        self, name: str, profile: Optional[str] = None, **overrides: Any
+    ) -> CircuitBreakerConfig:
+        """The configuration :meth:`get` would give a new breaker ``name``."""
+        settings = normalize_settings(overrides, "breaker {!r}".format(name))
+        return self._resolve(self._profiles, name, profile, settings)
+
+    # -- breakers ------------------------------------------------------------
+
+    def get(self, name: str, profile: Optional[str] = None, **overrides: Any) -> CircuitBreaker:
+        """The breaker called ``name``, created on first use.
+
+        Its settings: the ``default`` profile, overlaid with ``profile`` (or,
+        if there is no such profile, the profile named ``name``, if any), then
+        with ``overrides``.  Asking again returns the same object; asking with
+        arguments that give a different configuration raises
+        :class:`~cbsync.ConfigError`.  Safe to call from any thread: threads
+        racing for a new name all get one breaker.
+        """
+        entry = self._breakers.get(name)
+        if entry is not None and entry.profile == profile and entry.overrides == overrides:
+            return entry.breaker
+        settings = normalize_settings(overrides, "breaker {!r}".format(name))
+        with self._lock:
+            config = self._resolve(self._profiles, name, profile, settings)
+            entry = self._breakers.get(name)
+            if entry is not None:
+                if entry.breaker.config != config:
+                    raise ConfigError(
+                        "breaker {!r} already exists with another configuration ({}); give "
+                        "the same profile and settings each time, or use another name".format(
+                            name, _differences(entry.breaker.config, config)
+                        )
+                    )
+                return entry.breaker
+            breaker = CircuitBreaker(
+                name, config, clock=self._clock, listeners=self._listeners, store=self._store
+            )
+            self._breakers[name] = _Entry(breaker, profile, dict(overrides))
+            return breaker
+
+    def __iter__(self) -> Iterator[str]:
+        """The breakers' names, in the order they were created."""
+        return iter(list(self._breakers))
+
+    def _all(self) -> List[CircuitBreaker]:
+        return [entry.breaker for entry in list(self._breakers.values())]
+
+    def __contains__(self, item: object) -> bool:
+        """``name in registry`` (a breaker object is accepted too)."""
+        if isinstance(item, CircuitBreaker):
+            entry = self._breakers.get(item.name)
+            return entry is not None and entry.breaker is item
+        return item in self._breakers
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def snapshot(self) -> Dict[str, MetricsSnapshot]:
+        """Every breaker's :class:`~cbsync.MetricsSnapshot`, by name."""
+        return {breaker.name: breaker.snapshot() for breaker in self._all()}
+
+    # -- listeners -----------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Add ``listener`` to every breaker, present and future."""
+        if not isinstance(listener, Listener):
+            raise ConfigError(
+                "listener {!r} must be an instance of cbsync.Listener".format(listener)
+            )
+        with self._lock:
+            if listener in self._listeners:
+                return
+            self._listeners = (*self._listeners, listener)
+            breakers = self._all()
+            # Under the lock, so a breaker created meanwhile gets it exactly once.
+            for breaker in breakers:
+                breaker.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Remove ``listener`` from the registry and its breakers.
+
+        Raises ``ValueError`` if it was never added to the registry.
+        """
+        with self._lock:
+            if listener not in self._listeners:
+                raise ValueError("{!r} is not a listener of {!r}".format(listener, self))
+            self._listeners = tuple(item for item in self._listeners if item is not listener)
+            for breaker in self._all():
+                try:
+                    breaker.remove_listener(listener)
+                except ValueError:
+                    pass  # already removed from that breaker directly
+
+    def __repr__(self) -> str:
+        return "<Registry profiles={!r} breakers={!r}>".format(
+            list(self._profiles), list(self._breakers)
+        )
+
+    # -- internals -----------------------------------------------------------
+
+    @property
+    def _lock(self) -> "threading.RLock":
+        # Every locked path fetches the lock here: a forked child (whose copy
+        # may be held by a thread of the parent) gets a fresh one first.
+        self._fork.check()
+        return self._lock_obj
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock; profiles and breakers are kept."""
+        self._lock_obj = threading.RLock()
+
+    @staticmethod
+    def _resolve(
+        profiles: Mapping[str, Settings],
+        name: str,
+        profile: Optional[str],
+        overrides: Settings,
+    ) -> CircuitBreakerConfig:
+        chosen: Optional[str] = None
+        for candidate in (profile, name):
+            if candidate is not None and candidate != DEFAULT_PROFILE and candidate in profiles:
+                chosen = candidate
+                break
+        settings = dict(profiles.get(DEFAULT_PROFILE, {}))
+        if chosen is not None:
+            settings.update(profiles[chosen])
+        settings.update(overrides)
+        where = "breaker {!r}".format(name)
+        if chosen is not None:
+            where += " (profile {!r})".format(chosen)
+        return build_config(settings, where)
+
+
+def _overlay(base: Settings, top: Settings) -> Settings:
+    merged = dict(base)
+    merged.update(top)
+    return merged
+
+
+def _differences(old: CircuitBreakerConfig, new: CircuitBreakerConfig) -> str:
+    parts: List[str] = []
+    for field in FIELD_NAMES:
+        before, after = getattr(old, field), getattr(new, field)
+        if before != after:
+            parts.append("{}: {!r} now, {!r} asked".format(field, before, after))
+    return "; ".join(parts)
+
+
+#: The process-wide default registry (``cbsync.registry``).
+_default = Registry()
+
+
+def default_registry() -> Registry:
+    """The process-wide default registry, as it is now."""
+    return _default
+
+
+def set_default_registry(registry: Registry) -> Registry:
+    """Install ``registry`` as the process default; return the previous one.
+
+    Keeps ``cbsync.registry`` pointing at the same object.
+    """
+    global _default
+    if not isinstance(registry, Registry):
+        raise ConfigError("registry={!r} must be a cbsync.Registry".format(registry))
+    previous = _default
+    _default = registry
+    package = sys.modules.get(__package__ or "cbsync")
+    if package is not None:
+        package.registry = registry  # type: ignore[attr-defined]
+    return previous
+
+
+def resolve_registry(registry: Optional[Registry]) -> Registry:
+    """``registry``, or the current default when it is ``None``."""
+    if registry is None:
+        return _default
+    return registry

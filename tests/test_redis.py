@@ -1,0 +1,626 @@
+"""cbsync.integrations.redis: breakers shared through a real Redis.
+
+Two RedisStores in one process behave like two processes (each has its own
+client, background thread and identity); the multi-process test uses four
+real ones.  Fault tests start a private redis-server on a free port.  Most
+tests use ``sync_interval=60`` and call ``store.sync()`` themselves, so that
+every exchange happens where the test says; the ones about the background
+thread use a short interval and wait with bounded polling.
+"""
+
+import logging
+import multiprocessing
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.parse
+from typing import Any, Dict, Iterator, List
+
+import _redis_workers
+import pytest
+import redis
+from _redis_support import REDIS_URL, RedisServer, Stores, require_redis, wait_until
+from _support import failures, ok
+
+import cbsync
+from cbsync import CircuitOpenError, HalfOpenLimitReached, OpenReason, State
+from cbsync.integrations.redis import RedisStore
+
+pytestmark = pytest.mark.redis
+
+#: Only the fleet of two stores reaches minimum_calls with 3 failures each.
+SHARED = {
+    "failure_threshold": None,
+    "minimum_calls": 6,
+    "failure_rate_threshold": 0.5,
+    "timeout": 0.3,
+}
+
+
+@pytest.fixture
+def stores() -> Iterator[Stores]:
+    """RedisStores on the test server, one unique prefix; keys deleted afterwards."""
+    require_redis()
+    made = Stores()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A private redis-server that the test may kill, stop and restart."""
+    private = RedisServer()
+    private.start()
+    try:
+        yield private
+    finally:
+        if private.process is not None and private.process.poll() is None:
+            private.process.send_signal(signal.SIGCONT)
+        private.kill()
+
+
+def last_reason(breaker: cbsync.CircuitBreaker) -> OpenReason:
+    return breaker.snapshot().transitions[-1].reason
+
+
+def rejection(breaker: cbsync.CircuitBreaker) -> CircuitOpenError:
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(ok)
+    return info.value
+
+
+# -- sharing between stores ------------------------------------------------------
+
+
+def test_failures_spread_over_processes_open_the_breaker_everywhere(stores):
+    """3 + 3 failures open both breakers; the store whose flush crossed did it."""
+    first, second = stores(60), stores(60)
+    one = cbsync.CircuitBreaker("svc", store=first, **SHARED)
+    two = cbsync.CircuitBreaker("svc", store=second, **SHARED)
+    assert first.sync()
+    assert second.sync()
+    failures(one, 3)
+    failures(two, 3)
+    assert (one.state, two.state) == (State.CLOSED, State.CLOSED)  # 3 < minimum_calls
+    first.sync()
+    second.sync()  # its flush takes the fleet to 6 failures out of 6
+    first.sync()
+    assert (one.state, two.state) == (State.OPEN, State.OPEN)
+    assert last_reason(two) == OpenReason("failure_rate", 1)
+    assert last_reason(one) == OpenReason("remote", "failure_rate=1")
+    error = rejection(one)
+    assert error.reason.kind == "remote"
+    assert 0.0 < error.retry_after <= 0.3
+    [row] = first.fleet_status()
+    assert (row.name, row.state, row.window_calls, row.window_failure_rate) == (
+        "svc",
+        State.OPEN,
+        6,
+        1.0,
+    )
+    assert row.changed_by == second._origin
+
+
+def test_a_local_judgement_uses_the_fleet_counts(stores):
+    """A breaker that synced the fleet's failures opens on its own next failure."""
+    first, second = stores(60), stores(60)
+    one = cbsync.CircuitBreaker("svc", store=first, **SHARED)
+    two = cbsync.CircuitBreaker("svc", store=second, **SHARED)
+    assert first.sync()
+    assert second.sync()
+    failures(one, 5)
+    first.sync()
+    second.sync()
+    failures(two, 1)  # 5 flushed elsewhere + 1 here: opens at once, without Redis
+    assert two.state is State.OPEN
+    assert last_reason(two) == OpenReason("failure_rate", 1.0)
+    second.sync()
+    first.sync()
+    assert one.state is State.OPEN
+    assert last_reason(one) == OpenReason("remote", "failure_rate=1.0")
+
+
+def test_consecutive_failures_count_across_processes(stores):
+    """failure_threshold counts the fleet's streak; a success anywhere breaks it."""
+    first, second = stores(60), stores(60)
+    config = {"failure_threshold": 4, "failure_rate_threshold": None}
+    one = cbsync.CircuitBreaker("svc", store=first, **config)
+    two = cbsync.CircuitBreaker("svc", store=second, **config)
+    assert first.sync()
+    assert second.sync()
+    failures(one, 2)
+    first.sync()
+    two.call(ok)
+    second.sync()  # the streak is broken ...
+    first.sync()  # ... and the first store knows it (counts are as fresh as the last sync)
+    failures(one, 2)
+    first.sync()
+    second.sync()
+    assert (one.state, two.state) == (State.CLOSED, State.CLOSED)
+    failures(two, 2)  # 2 after 2: the fleet's streak reaches 4
+    second.sync()
+    first.sync()
+    assert (one.state, two.state) == (State.OPEN, State.OPEN)
+    assert last_reason(one) == OpenReason("remote", "consecutive_failures=4")
+
+
+def test_trip_and_reset_reach_every_process(stores):
+    """trip() is FORCED_OPEN (kind "manual") elsewhere; reset() closes it everywhere."""
+    first, second = stores(60), stores(60)
+    one = cbsync.CircuitBreaker("svc", store=first)
+    two = cbsync.CircuitBreaker("svc", store=second)
+    assert first.sync()
+    assert second.sync()
+    one.trip("deploy")
+    first.sync()
+    second.sync()
+    assert two.state is State.FORCED_OPEN
+    error = rejection(two)
+    assert error.reason == OpenReason("manual", "deploy")
+    assert error.retry_after is None
+    two.reset()
+    second.sync()
+    first.sync()
+    assert one.state is State.CLOSED
+    assert last_reason(one) == OpenReason("remote", "reset")
+    assert one.call(ok) == "ok"
+
+
+def test_store_trip_and_reset_work_without_any_breaker(stores):
+    """The operator calls act on Redis alone; processes adopt them at their next sync."""
+    operator, worker = stores(60), stores(60)
+    breaker = cbsync.CircuitBreaker("billing", store=worker)
+    assert worker.sync()
+    row = operator.trip("billing", "incident 42")
+    assert (row.state, row.reason) == (State.FORCED_OPEN, OpenReason("manual", "incident 42"))
+    worker.sync()
+    assert rejection(breaker).reason == OpenReason("manual", "incident 42")
+    assert operator.reset("billing").state is State.CLOSED
+    worker.sync()
+    assert breaker.call(ok) == "ok"
+
+
+def test_the_background_thread_propagates_a_trip_within_the_sync_interval(stores):
+    """With no explicit sync, a trip reaches another process in about sync_interval."""
+    first, second = stores(0.05), stores(0.05)
+    one = cbsync.CircuitBreaker("svc", store=first)
+    two = cbsync.CircuitBreaker("svc", store=second)
+    one.call(ok)  # a breaker's first call starts its store's background thread
+    two.call(ok)
+    wait_until(lambda: one._binding.shared and two._binding.shared, message="first sync")
+    started = time.monotonic()
+    one.trip("now")
+    wait_until(lambda: two.state is State.FORCED_OPEN, message="the trip to propagate")
+    assert time.monotonic() - started < 1.0  # 0.05 s interval, with room for a busy machine
+
+
+def test_trial_permits_are_fleet_wide(stores):
+    """half_open_max_calls holds across processes; a permit comes back when its call ends."""
+    first, second = stores(60), stores(60)
+    config = {
+        "failure_threshold": 1,
+        "timeout": 0.2,
+        "half_open_max_calls": 1,
+        "success_threshold": 2,
+    }
+    one = cbsync.CircuitBreaker("svc", store=first, **config)
+    two = cbsync.CircuitBreaker("svc", store=second, **config)
+    assert first.sync()
+    assert second.sync()
+    failures(one, 1)
+    first.sync()
+    second.sync()
+    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    with one.guard():  # holds the only trial permit of the fleet
+        with pytest.raises(HalfOpenLimitReached):
+            two.call(ok)
+        assert two.state is State.HALF_OPEN
+        assert first.fleet_status()[0].trial_calls == 1
+    first.sync()  # returns the permit and counts the success
+    second.sync()
+    assert two.call(ok) == "ok"
+    second.sync()  # the second fleet-wide success closes the circuit
+    first.sync()
+    assert (one.state, two.state) == (State.CLOSED, State.CLOSED)
+    assert last_reason(one) == OpenReason("remote", "trial_successes=2")
+
+
+def test_a_dead_holders_trial_permit_expires(stores):
+    """A process that stops renewing its permit (it died) frees it after the lease."""
+    first, second = stores(0.05), stores(60)
+    config = {"failure_threshold": 1, "timeout": 0.2, "half_open_max_calls": 1}
+    one = cbsync.CircuitBreaker("svc", store=first, **config)
+    two = cbsync.CircuitBreaker("svc", store=second, **config)
+    assert first.sync()
+    assert second.sync()
+    failures(one, 1)
+    first.sync()
+    second.sync()
+    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    guard = one.guard()
+    guard.__enter__()  # a trial call that never ends
+    first.close()  # ... in a process that is gone: nobody renews its lease
+    started = time.monotonic()
+
+    def admitted() -> bool:
+        try:
+            two.call(ok)
+        except HalfOpenLimitReached:
+            second.sync()
+            return False
+        return True
+
+    wait_until(admitted, timeout=5, message="the dead holder's lease to expire")
+    assert time.monotonic() - started >= 0.5  # it was held until the lease ran out
+
+
+# -- keys, construction and configuration ------------------------------------------
+
+
+def test_keys_live_under_the_prefix_escaped_and_expire(stores):
+    """Every key is under the prefix, the name is escaped, and each key has an expiry."""
+    name = "https://api.example.com:443/v1 {é}*"
+    store = stores(60)
+    breaker = cbsync.CircuitBreaker(name, store=store, failure_threshold=1, timeout=0.2)
+    assert store.sync()
+    failures(breaker, 1)
+    store.sync()
+    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    client = stores.client()
+    with breaker.guard():  # a trial permit: the lease key exists meanwhile
+        keys = {key.decode() for key in client.scan_iter(match=stores.prefix + "*")}
+        ttls = {key: client.pttl(key) for key in keys}
+    escaped = urllib.parse.quote(name, safe="")
+    assert "/" not in escaped
+    assert ":" not in escaped
+    assert "*" not in escaped
+    assert keys == {
+        stores.prefix + part for part in ("idx", "s:" + escaped, "w:" + escaped, "l:" + escaped)
+    }
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
+    assert [row.name for row in store.fleet_status()] == [name]
+
+
+def test_constructors_do_no_io(server):
+    """RedisStore(), bind() and the breaker's constructor never connect."""
+    client = server.client()
+    before = client.info("stats")["total_connections_received"]
+    store = RedisStore(server.url, prefix="noio:")
+    cbsync.CircuitBreaker("svc", store=store)
+    cbsync.Registry(store=store).get("other")
+    after = client.info("stats")["total_connections_received"]
+    assert after == before
+    store.close()
+
+
+def test_closed_calls_send_no_redis_command(server):
+    """A thousand CLOSED calls, successes and failures, make no Redis command at all."""
+    store = RedisStore(server.url, prefix="cmds:", sync_interval=60)
+    breaker = cbsync.CircuitBreaker(
+        "svc", store=store, failure_threshold=1000, failure_rate_threshold=None
+    )
+    assert store.sync()
+    client = server.client()
+
+    def commands() -> Dict[str, int]:
+        stats = client.info("commandstats")
+        return {name: entry["calls"] for name, entry in stats.items()}
+
+    before = commands()
+    for i in range(1000):
+        if i % 10:
+            breaker.call(ok)
+        else:
+            with pytest.raises(OSError):
+                breaker.call(_fail)
+    after = commands()
+    store.close()
+    changed = {name: after[name] - before.get(name, 0) for name in after}
+    assert {name: n for name, n in changed.items() if n} == {"cmdstat_info": 1}
+
+
+def _fail() -> None:
+    raise OSError("down")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("redis://localhost", {"prefix": ""}), "prefix=''"),
+        (("redis://localhost", {"prefix": 3}), "prefix=3"),
+        (("redis://localhost", {"sync_interval": 0}), "sync_interval=0"),
+        (("redis://localhost", {"sync_interval": "fast"}), "sync_interval='fast'"),
+        (("redis://localhost", {"sync_interval": "2h"}), "between"),
+        (("http://localhost", {}), "redis://, rediss:// or unix://"),
+        (("redis://:secret@localhost:bad/0", {}), r"\*\*\*"),
+        ((object(), {}), "must be a redis:// URL or a redis.Redis client"),
+    ],
+)
+def test_bad_configuration_is_a_config_error(arguments, message):
+    """Bad arguments raise ConfigError naming them (a URL's password is hidden)."""
+    target, options = arguments
+    with pytest.raises(cbsync.ConfigError, match=message) as info:
+        RedisStore(target, **options)
+    assert "secret" not in str(info.value)
+
+
+def test_a_closed_store_refuses_new_breakers(stores):
+    """bind() on a closed store is a ConfigError; its breakers keep working locally."""
+    store = stores(60)
+    breaker = cbsync.CircuitBreaker("svc", store=store, failure_threshold=1)
+    store.close()
+    with pytest.raises(cbsync.ConfigError, match="closed"):
+        cbsync.CircuitBreaker("other", store=store)
+    failures(breaker, 1)
+    assert breaker.state is State.OPEN
+
+
+def test_a_registry_gives_its_store_to_every_breaker(stores):
+    """Registry(store=...) binds the breakers it creates."""
+    store = stores(60)
+    registry = cbsync.Registry(store=store)
+    breaker = registry.get("billing", failure_threshold=2)
+    assert store.sync()
+    store.trip("billing", "maintenance")
+    store.sync()
+    assert breaker.state is State.FORCED_OPEN
+
+
+def test_a_given_client_is_used_as_it_is(stores):
+    """A client with decode_responses=True works, and close() leaves it connected."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    store = RedisStore(client, prefix=stores.prefix, sync_interval=60)
+    other = stores(60)
+    breaker = cbsync.CircuitBreaker("svc", store=store)
+    assert store.sync()
+    other.trip("svc", "text replies")
+    store.sync()
+    assert rejection(breaker).reason == OpenReason("manual", "text replies")
+    store.close()
+    assert client.ping()
+    client.close()
+
+
+# -- outages ------------------------------------------------------------------------
+
+
+def test_a_redis_outage_never_reaches_callers_and_state_is_resynchronised(server, caplog):
+    """Redis killed under load: calls go on locally, one warning, state restored after."""
+    caplog.set_level(logging.INFO, logger="cbsync")
+    store = RedisStore(server.url, prefix="fault:", sync_interval=0.05)
+    breaker = cbsync.CircuitBreaker(
+        "svc", store=store, failure_threshold=3, failure_rate_threshold=None, timeout="30s"
+    )
+    breaker.call(ok)
+    wait_until(lambda: breaker._binding.shared, message="the first sync")
+    down = threading.Event()
+    stop = threading.Event()
+    unexpected: List[BaseException] = []
+    done = [0] * 4
+
+    def dependency() -> str:
+        if down.is_set():
+            raise OSError("dependency down")
+        return "ok"
+
+    def load(slot: int) -> None:
+        while not stop.is_set():
+            try:
+                breaker.call(dependency)
+            except (OSError, CircuitOpenError):
+                pass
+            except BaseException as exc:  # anything else is a leak from the store
+                unexpected.append(exc)
+            done[slot] += 1
+
+    threads = [threading.Thread(target=load, args=(slot,)) for slot in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: sum(done) > 2000, message="load")
+        server.kill()
+        mark = sum(done)
+        wait_until(lambda: sum(done) > mark + 2000, message="calls during the outage")
+        down.set()  # the dependency fails too: the breaker opens on local state
+        wait_until(lambda: breaker.state is State.OPEN, message="a local open")
+        wait_until(lambda: _logged(caplog, "unreachable"), message="the outage warning")
+        server.start()  # empty: Redis lost everything
+        observer = RedisStore(server.url, prefix="fault:", sync_interval=60)
+        wait_until(
+            lambda: [row.state for row in observer.fleet_status()] == [State.OPEN],
+            timeout=15,
+            message="the breaker's state to be given back to Redis",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert unexpected == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings if "Redis" in r.getMessage()] == [
+        _logged(caplog, "unreachable")
+    ]
+    assert _logged(caplog, "answers again")
+    [row] = observer.fleet_status()
+    assert row.reason == OpenReason("consecutive_failures", 3)
+    assert 20.0 < row.retry_after <= 30.0
+    other = cbsync.CircuitBreaker("svc", store=observer)
+    assert observer.sync()
+    assert other.state is State.OPEN
+    store.close()
+    observer.close()
+
+
+def _logged(caplog: Any, text: str) -> str:
+    messages = [r.getMessage() for r in caplog.records if text in r.getMessage()]
+    return messages[0] if messages else ""
+
+
+def test_a_stalled_redis_costs_a_call_at_most_one_timeout(server, caplog):
+    """A hung server (SIGSTOP): a trial request gives up after the socket timeout."""
+    caplog.set_level(logging.INFO, logger="cbsync")
+    store = RedisStore(server.url, prefix="slow:", sync_interval=60)
+    breaker = cbsync.CircuitBreaker("svc", store=store, failure_threshold=1, timeout=0.2)
+    assert store.sync()
+    failures(breaker, 1)
+    assert store.sync()
+    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert breaker.call(ok) == "ok"  # the trial is decided locally after the timeout
+        trial_took = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(1000):
+            breaker.call(ok)
+        closed_took = time.monotonic() - started
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    assert 0.3 < trial_took < 2.0
+    assert closed_took < 0.5  # no call waits for Redis once it is known to be out
+    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
+    wait_until(store.sync, message="Redis to answer again")
+    store.close()
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+def test_a_forked_child_restarts_the_background_sync(stores):
+    """After os.fork() the child's store syncs by itself (its thread is restarted)."""
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        import cbsync
+        from cbsync.integrations.redis import RedisStore
+
+        url, prefix = sys.argv[1], sys.argv[2]
+        store = RedisStore(url, prefix=prefix, sync_interval=0.05)
+        breaker = cbsync.CircuitBreaker("svc", store=store)
+        breaker.call(lambda: None)  # starts the background thread
+        assert store.sync()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            deadline = time.monotonic() + 10
+            while breaker.state is not cbsync.State.FORCED_OPEN and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.write(write, breaker.state.value.encode())
+            os._exit(0)
+        RedisStore(url, prefix=prefix).trip("svc", "from another process")
+        print(os.read(read, 100).decode())
+        os.waitpid(pid, 0)
+        """
+    )
+    result = subprocess.run(
+        # Python 3.12+ warns when a process with threads forks: that is the point here.
+        [
+            sys.executable,
+            "-W",
+            "ignore::DeprecationWarning",
+            "-c",
+            script,
+            stores.url,
+            stores.prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "forced_open"
+
+
+def test_four_processes_share_one_breaker(stores):
+    """Spread failures open it for all; a CLI trip and reset reach all; permits stay fleet-wide."""
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded pytest
+    results = context.Queue()
+    queues = [context.Queue() for _ in range(4)]
+    processes = [
+        context.Process(
+            target=_redis_workers.run,
+            args=(stores.url, stores.prefix, index, queues[index], results),
+            daemon=True,
+        )
+        for index in range(4)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        origins = dict(_collect(results, "ready", 4, timeout=60))
+
+        def ask(command: str, argument: Any = None) -> Dict[int, Any]:
+            for queue in queues:
+                queue.put((command, argument))
+            return dict(_collect(results, command, 4))
+
+        def wait_for_all(state: str) -> Dict[int, Any]:
+            deadline = time.monotonic() + 10
+            while True:
+                answers = ask("state")
+                if all(answer[0] == state for answer in answers.values()):
+                    return answers
+                if time.monotonic() > deadline:
+                    pytest.fail("not all {}: {}".format(state, answers))
+                time.sleep(0.02)  # real time: the workers sync every 0.05 s
+
+        # 2 failures each: no process reaches minimum_calls (8), the fleet does.
+        ask("fail", 2)
+        opened = wait_for_all("open")
+        kinds = {index: answer[1] for index, answer in opened.items()}
+        assert set(kinds.values()) <= {"failure_rate", "remote"}, opened
+        [row] = stores(60).fleet_status()
+        opener = [index for index, origin in origins.items() if origin == row.changed_by]
+        assert len(opener) == 1, (row, origins)
+        assert kinds[opener[0]] == "failure_rate", (row, opened)
+
+        cli = [sys.executable, "-m", "cbsync"]
+        where = ["--redis", stores.url, "--prefix", stores.prefix]
+        trip = subprocess.run(
+            [*cli, "trip", "shared", "--reason", "maintenance", *where],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert trip.returncode == 0, trip.stderr
+        tripped = wait_for_all("forced_open")
+        assert {answer[1:] for answer in tripped.values()} == {("manual", "maintenance")}
+        assert all(answer[:2] == ("rejected", "forced_open") for answer in ask("call").values())
+
+        reset = subprocess.run([*cli, "reset", "shared", *where], capture_output=True, timeout=60)
+        assert reset.returncode == 0, reset.stderr
+        wait_for_all("closed")
+        assert all(answer == ("admitted",) for answer in ask("call").values())
+
+        # Open again, let the OPEN period pass, then 4 x 3 threads ask for a trial.
+        ask("fail", 2)
+        wait_for_all("open")
+        time.sleep(0.35)  # real time: the 0.3 s OPEN period runs on the server's clock
+        admitted = ask("trials", 3)
+        assert 1 <= sum(admitted.values()) <= _redis_workers.BREAKER["half_open_max_calls"]
+        ask("release")
+        for queue in queues:
+            queue.put(("stop", None))
+        for process in processes:
+            process.join(30)
+        assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(10)
+
+
+def _collect(results: Any, command: str, count: int, timeout: float = 20) -> List[Any]:
+    answers = []
+    while len(answers) < count:
+        index, kind, answer = results.get(timeout=timeout)
+        assert kind == command, (index, kind, answer)
+        answers.append((index, answer))
+    return answers

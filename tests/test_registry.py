@@ -1,0 +1,327 @@
+"""Tests for cbsync.Registry and the process-wide default registry."""
+
+import threading
+
+import pytest
+
+import cbsync
+from cbsync import _registry
+from cbsync.testing import FakeClock
+
+PROFILES = {
+    "default": {"failure_threshold": 5, "timeout": "30s", "minimum_calls": 10},
+    "database": {"failure_threshold": 3, "timeout": "10s"},
+    "http_service": {"window_duration": "30s", "minimum_calls": 20},
+}
+
+
+class Recorder(cbsync.Listener):
+    """Remembers the names of the breakers it heard from."""
+
+    def __init__(self) -> None:
+        self.attached = []
+        self.failures = []
+
+    def on_attach(self, breaker):
+        self.attached.append(breaker.name)
+
+    def on_failure(self, breaker, elapsed, exc):
+        self.failures.append(breaker.name)
+
+
+class DownError(Exception):
+    """The dependency is down."""
+
+
+def fail():
+    raise DownError("down")
+
+
+def test_get_returns_the_same_breaker_for_a_name():
+    """Asking twice for a name returns one breaker object."""
+    registry = cbsync.Registry()
+    breaker = registry.get("payments")
+    assert isinstance(breaker, cbsync.CircuitBreaker)
+    assert breaker.name == "payments"
+    assert registry.get("payments") is breaker
+    assert registry.get("other") is not breaker
+
+
+def test_no_profiles_gives_built_in_defaults():
+    """Without profiles a breaker has CircuitBreakerConfig's defaults."""
+    assert cbsync.Registry().get("x").config == cbsync.CircuitBreakerConfig()
+
+
+def test_default_profile_overlays_built_in_defaults():
+    """The default profile applies to every breaker."""
+    registry = cbsync.Registry({"default": {"failure_threshold": 7, "timeout": "1m"}})
+    config = registry.get("anything").config
+    assert (config.failure_threshold, config.timeout) == (7, 60.0)
+    assert config.success_threshold == cbsync.CircuitBreakerConfig().success_threshold
+
+
+def test_named_profile_overlays_default():
+    """profile= picks a profile laid over default."""
+    config = cbsync.Registry(PROFILES).get("orders-db", profile="database").config
+    assert (config.failure_threshold, config.timeout, config.minimum_calls) == (3, 10.0, 10)
+
+
+def test_profile_named_like_the_breaker_applies():
+    """Without profile=, a profile named like the breaker is used."""
+    config = cbsync.Registry(PROFILES).get("database").config
+    assert (config.failure_threshold, config.timeout) == (3, 10.0)
+
+
+def test_unknown_profile_falls_back_to_name_then_default():
+    """An unknown profile= means the name's profile, else default."""
+    registry = cbsync.Registry(PROFILES)
+    assert registry.get("database", profile="nope").config.failure_threshold == 3
+    config = registry.get("svc", profile="nope").config
+    assert (config.failure_threshold, config.timeout) == (5, 30.0)
+
+
+def test_keyword_overrides_come_last():
+    """Keyword overrides beat every profile."""
+    config = cbsync.Registry(PROFILES).get("db2", profile="database", timeout=2).config
+    assert (config.failure_threshold, config.timeout) == (3, 2.0)
+
+
+def test_window_duration_is_a_synonym_of_failure_window():
+    """window_duration sets failure_window, in profiles and overrides."""
+    registry = cbsync.Registry(PROFILES)
+    assert registry.get("http_service").config.failure_window == 30.0
+    assert registry.get("w", window_duration="5s").config.failure_window == 5.0
+
+
+def test_window_duration_and_failure_window_together_is_an_error():
+    """Giving both spellings in one profile is a ConfigError."""
+    with pytest.raises(cbsync.ConfigError) as info:
+        cbsync.Registry({"p": {"window_duration": "30s", "failure_window": "60s"}})
+    assert str(info.value) == (
+        "profile 'p': 'failure_window' and 'window_duration' are the same setting; "
+        "give only one (failure_window='60s', window_duration='30s')"
+    )
+
+
+def test_same_name_with_same_resulting_config_is_the_same_object():
+    """Different arguments resolving to the same config return the breaker."""
+    registry = cbsync.Registry(PROFILES)
+    breaker = registry.get("database")
+    assert registry.get("database", profile="database") is breaker
+    assert registry.get("database", failure_threshold=3) is breaker
+
+
+def test_same_name_with_different_config_is_an_error():
+    """A second get() asking for another config raises ConfigError."""
+    registry = cbsync.Registry()
+    registry.get("payments", failure_threshold=2)
+    with pytest.raises(cbsync.ConfigError) as info:
+        registry.get("payments", failure_threshold=4)
+    assert str(info.value) == (
+        "breaker 'payments' already exists with another configuration "
+        "(failure_threshold: 2 now, 4 asked); give the same profile and settings each "
+        "time, or use another name"
+    )
+
+
+def test_bad_override_names_breaker_field_and_value():
+    """A bad keyword value raises ConfigError naming breaker, field and value."""
+    with pytest.raises(cbsync.ConfigError) as info:
+        cbsync.Registry(PROFILES).get("db", profile="database", minimum_calls=0)
+    assert str(info.value) == (
+        "breaker 'db' (profile 'database'): minimum_calls=0 must be a whole number of at least 1"
+    )
+
+
+def test_misspelt_override_suggests_the_field():
+    """An unknown keyword names the closest field."""
+    with pytest.raises(cbsync.ConfigError, match="did you mean 'failure_threshold'"):
+        cbsync.Registry().get("db", failure_treshold=3)
+
+
+def test_bad_profile_value_is_rejected_at_configure():
+    """configure() validates each profile overlaid on default."""
+    registry = cbsync.Registry({"default": {"timeout": "1m"}})
+    with pytest.raises(cbsync.ConfigError) as info:
+        registry.configure({"fast": {"max_timeout": "10s"}})
+    assert str(info.value) == "profile 'fast': max_timeout='10s' is below timeout='1m'"
+    assert registry.profiles == ("default",)
+
+
+def test_configure_rejects_non_mappings():
+    """A profile that is not a mapping raises ConfigError naming it."""
+    with pytest.raises(cbsync.ConfigError, match=r"profile 'db': expected a mapping"):
+        cbsync.Registry({"db": [1, 2]})
+    with pytest.raises(cbsync.ConfigError, match="profiles must be a mapping"):
+        cbsync.Registry(["db"])  # type: ignore[arg-type]
+
+
+def test_configure_refuses_a_whole_document():
+    """Passing the load_config shape to configure() says what to do instead."""
+    with pytest.raises(cbsync.ConfigError, match=r"use cbsync\.load_config\(document\)"):
+        cbsync.Registry().configure({"circuit_breaker": {"default": {"timeout": 5}}})
+
+
+def test_configure_adds_and_replaces_profiles():
+    """configure() replaces a named profile whole and keeps the others."""
+    registry = cbsync.Registry(PROFILES)
+    registry.configure({"database": {"timeout": "5s"}, "cache": {"failure_threshold": 2}})
+    assert registry.profiles == ("default", "database", "http_service", "cache")
+    assert registry.profile_settings("database") == {"timeout": "5s"}
+    config = registry.get("database").config
+    assert (config.failure_threshold, config.timeout) == (5, 5.0)
+
+
+def test_configure_refuses_to_change_an_existing_breaker():
+    """Reconfiguring a profile an existing breaker uses is a ConfigError."""
+    registry = cbsync.Registry(PROFILES)
+    breaker = registry.get("database")
+    with pytest.raises(cbsync.ConfigError, match="breaker 'database' already exists"):
+        registry.configure({"database": {"timeout": "5s"}})
+    assert registry.get("database") is breaker
+    registry.configure({"database": {"failure_threshold": 3, "timeout": 10}})
+    assert registry.get("database") is breaker
+
+
+def test_config_for_previews_without_creating():
+    """config_for() resolves a config and creates nothing."""
+    registry = cbsync.Registry(PROFILES)
+    assert registry.config_for("x", profile="database").timeout == 10.0
+    assert len(registry) == 0
+
+
+class SlowAttach(cbsync.Listener):
+    """Counts attachments and holds each one briefly, to widen any creation race."""
+
+    def __init__(self) -> None:
+        self.attached = 0
+        self.lock = threading.Lock()
+
+    def on_attach(self, breaker):
+        with self.lock:
+            self.attached += 1
+        threading.Event().wait(0.02)  # real time: keep a racing creator inside the constructor
+
+
+def test_racing_threads_get_one_breaker():
+    """16 threads asking for one new name all get the same breaker, built once."""
+    listener = SlowAttach()
+    registry = cbsync.Registry(PROFILES, listeners=[listener])
+    barrier = threading.Barrier(16)
+    results = []
+    lock = threading.Lock()
+
+    def worker():
+        barrier.wait(timeout=10)
+        breaker = registry.get("shared", profile="database")
+        with lock:
+            results.append(breaker)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(results) == 16
+    assert len({id(breaker) for breaker in results}) == 1
+    assert len(registry) == 1
+    assert listener.attached == 1
+
+
+def test_breakers_get_the_registry_clock():
+    """A registry's clock drives the breakers it creates."""
+    clock = FakeClock()
+    registry = cbsync.Registry(clock=clock)
+    breaker = registry.get("x", failure_threshold=1, timeout=10)
+    with pytest.raises(DownError):
+        breaker.call(fail)
+    assert breaker.retry_after == 10.0
+    clock.advance(4)
+    assert breaker.retry_after == 6.0
+
+
+def test_listeners_apply_to_present_and_future_breakers():
+    """add_listener reaches existing breakers and ones created later."""
+    first = Recorder()
+    registry = cbsync.Registry(listeners=[first])
+    early = registry.get("early")
+    late_listener = Recorder()
+    registry.add_listener(late_listener)
+    registry.add_listener(late_listener)
+    later = registry.get("later")
+    for breaker in (early, later):
+        with pytest.raises(DownError):
+            breaker.call(fail)
+    assert first.attached == ["early", "later"]
+    assert late_listener.attached == ["early", "later"]
+    assert late_listener.failures == ["early", "later"]
+
+
+def test_remove_listener_detaches_it_everywhere():
+    """remove_listener stops events from every breaker."""
+    listener = Recorder()
+    registry = cbsync.Registry(listeners=[listener])
+    breaker = registry.get("x")
+    registry.remove_listener(listener)
+    with pytest.raises(DownError):
+        breaker.call(fail)
+    with pytest.raises(DownError):
+        registry.get("y").call(fail)
+    assert listener.failures == []
+    with pytest.raises(ValueError, match="is not a listener"):
+        registry.remove_listener(listener)
+
+
+def test_non_listener_is_rejected():
+    """Listeners must be cbsync.Listener instances."""
+    with pytest.raises(cbsync.ConfigError, match=r"must be an instance of cbsync\.Listener"):
+        cbsync.Registry(listeners=[object()])  # type: ignore[list-item]
+    with pytest.raises(cbsync.ConfigError, match=r"must be an instance of cbsync\.Listener"):
+        cbsync.Registry().add_listener(print)  # type: ignore[arg-type]
+
+
+def test_store_is_passed_to_breakers():
+    """The registry hands its store to each breaker it creates."""
+    store = object()
+    registry = cbsync.Registry(store=store)
+    with pytest.raises(cbsync.ConfigError, match="store="):
+        registry.get("x")
+
+
+def test_iteration_membership_len_and_snapshot():
+    """Iteration yields names in creation order; in, len and snapshot work."""
+    registry = cbsync.Registry()
+    a, b = registry.get("a"), registry.get("b")
+    with pytest.raises(DownError):
+        b.call(fail)
+    assert list(registry) == ["a", "b"]
+    assert "a" in registry
+    assert b in registry
+    assert "c" not in registry
+    assert cbsync.CircuitBreaker("a") not in registry
+    assert len(registry) == 2
+    snapshot = registry.snapshot()
+    assert sorted(snapshot) == ["a", "b"]
+    assert snapshot["b"].failures == 1
+    assert snapshot["a"].failures == 0
+
+
+def test_default_registry_is_cbsync_registry():
+    """cbsync.registry is the process default registry."""
+    assert cbsync.registry is _registry.default_registry()
+    assert isinstance(cbsync.registry, cbsync.Registry)
+
+
+def test_set_default_registry_swaps_and_keeps_cbsync_registry_in_sync():
+    """set_default_registry installs a registry and returns the previous one."""
+    fresh = cbsync.Registry()
+    previous = _registry.set_default_registry(fresh)
+    try:
+        assert _registry.default_registry() is fresh
+        assert cbsync.registry is fresh
+        assert _registry.resolve_registry(None) is fresh
+    finally:
+        assert _registry.set_default_registry(previous) is fresh
+    assert cbsync.registry is previous
+    with pytest.raises(cbsync.ConfigError, match=r"must be a cbsync\.Registry"):
+        _registry.set_default_registry(object())  # type: ignore[arg-type]
