@@ -121,7 +121,7 @@ def watcher(url: str, prefix: str, index: int, commands: Any, results: Any) -> N
             break
         wanted = cbsync.State(command)
         while breaker.state is not wanted:
-            time.sleep(0.0002)  # real time: polling, as a caller would see it
+            time.sleep(0.0005)  # real time: polling, as a caller would see it
         results.put((index, command, time.time()))
     store.close()
 

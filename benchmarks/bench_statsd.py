@@ -3,23 +3,30 @@
 Run ``python benchmarks/bench_statsd.py [--calls N] [--repeat R]``.  Each
 case runs ``breaker.call(f)`` on a successful ``f`` N times, R times over,
 and keeps the fastest round (the least disturbed by the rest of the machine);
-it prints nanoseconds per call and the ratio to a breaker with no listener.
+it prints nanoseconds per call, the ratio to a breaker with no listener, and
+how many of the listener's events were dropped.
 
-Cases:
+``StatsdListener`` only appends each event to a buffer; a background thread
+sends.  In a loop of calls that never release the GIL the thread competes
+with the caller for it, so the cases show:
 
 * no listener -- the baseline;
 * an empty ``cbsync.Listener`` -- what delivering events costs by itself;
-* ``StatsdListener`` sending over UDP to a closed loopback port (nothing
-  listens; the kernel answers with ICMP port unreachable);
-* the same to a bound port nobody reads (a reachable server that is slow);
-* the unreachable one with ``sample_rate=0.1``.
+* ``StatsdListener`` as configured by default, over UDP to a closed loopback
+  port (nothing listens; the kernel answers with ICMP port unreachable), to
+  a bound port nobody reads, and with ``sample_rate=0.1``: the thread sends
+  while the loop runs;
+* "buffer only": the thread is kept idle during the round (an hour's flush
+  interval, a buffer larger than the round) -- what the call itself waits for;
+* "buffer + flush() in the round": the same with the flush of the whole round
+  timed too -- every cost of reporting, sending included, per call.
 
-A success sends two metrics (the ``success`` counter and the ``latency``
-timer): two ``sendto`` system calls, which is most of the cost.  An
-unreachable server costs what a reachable one does: UDP does not wait.
+``--io`` makes ``f`` a small system call (``os.stat``) that releases the GIL,
+as the I/O a breaker protects does: then the thread sends while calls wait.
 """
 
 import argparse
+import os
 import platform
 import socket
 import sys
@@ -32,8 +39,12 @@ import cbsync
 from cbsync.integrations.statsd import StatsdListener
 
 
-def work() -> int:
+def noop() -> int:
     return 1
+
+
+def small_io() -> int:
+    return os.stat(".").st_mode
 
 
 def closed_udp_port() -> int:
@@ -44,18 +55,35 @@ def closed_udp_port() -> int:
     return port
 
 
-def per_call_ns(listener: Optional[cbsync.Listener], calls: int, repeat: int) -> float:
+#: (label, make the listener, flush inside the timed region)
+Case = Tuple[str, Callable[[], Optional[cbsync.Listener]], bool]
+
+
+def per_call_ns(
+    listener: Optional[cbsync.Listener],
+    work: Callable[[], int],
+    calls: int,
+    repeat: int,
+    flush_in_round: bool,
+) -> float:
     listeners = [] if listener is None else [listener]
     breaker = cbsync.CircuitBreaker("bench", listeners=listeners)
     call = breaker.call
+    flush = listener.flush if isinstance(listener, StatsdListener) else None
     for _ in range(min(calls, 10000)):  # warm up
         call(work)
+    if flush is not None:
+        flush()
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter_ns()
         for _ in range(calls):
             call(work)
+        if flush is not None and flush_in_round:
+            flush()
         best = min(best, (time.perf_counter_ns() - start) / calls)
+        if flush is not None:
+            flush()  # an untimed round ends empty
     return best
 
 
@@ -63,41 +91,70 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100000, help="calls per round")
     parser.add_argument("--repeat", type=int, default=5, help="rounds per case (best kept)")
+    parser.add_argument("--io", action="store_true", help="protect a small system call")
     args = parser.parse_args(argv)
+    work = small_io if args.io else noop
 
     unread = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     unread.bind(("127.0.0.1", 0))
     closed = closed_udp_port()
-    clients = [
-        statsd.StatsClient("127.0.0.1", closed),
-        statsd.StatsClient("127.0.0.1", unread.getsockname()[1]),
-        statsd.StatsClient("127.0.0.1", closed),
-    ]
-    cases: List[Tuple[str, Callable[[], Optional[cbsync.Listener]]]] = [
-        ("no listener", lambda: None),
-        ("empty cbsync.Listener", cbsync.Listener),
-        ("StatsdListener, UDP to a closed port", lambda: StatsdListener(clients[0])),
-        ("StatsdListener, UDP to a bound, unread port", lambda: StatsdListener(clients[1])),
+    clients: List[statsd.StatsClient] = []
+
+    def udp(port: int) -> statsd.StatsClient:
+        client = statsd.StatsClient("127.0.0.1", port)
+        clients.append(client)
+        return client
+
+    # The thread wakes early at a tenth of max_buffer: keep that past a round.
+    idle = {"flush_interval": "1h", "max_buffer": 10 * (args.calls + 10000)}
+    cases: List[Case] = [
+        ("no listener", lambda: None, False),
+        ("empty cbsync.Listener", cbsync.Listener, False),
+        ("StatsdListener, UDP to a closed port", lambda: StatsdListener(udp(closed)), False),
+        (
+            "StatsdListener, UDP to a bound, unread port",
+            lambda: StatsdListener(udp(unread.getsockname()[1])),
+            False,
+        ),
         (
             "StatsdListener, closed port, sample_rate=0.1",
-            lambda: StatsdListener(clients[2], sample_rate=0.1),
+            lambda: StatsdListener(udp(closed), sample_rate=0.1),
+            False,
+        ),
+        (
+            "StatsdListener, closed port, buffer only",
+            lambda: StatsdListener(udp(closed), **idle),
+            False,
+        ),
+        (
+            "StatsdListener, closed port, buffer + flush()",
+            lambda: StatsdListener(udp(closed), **idle),
+            True,
         ),
     ]
     print(
-        "Python {} on {}; statsd {}; {} calls x {} rounds, best round".format(
+        "Python {} on {}; statsd {}; {} calls x {} rounds, best round; f = {}".format(
             platform.python_version(),
             platform.machine(),
             statsd.__version__,
             args.calls,
             args.repeat,
+            "os.stat('.')" if args.io else "return 1",
         )
     )
     baseline = None
-    for label, make in cases:
-        ns = per_call_ns(make(), args.calls, args.repeat)
+    for label, make, flush_in_round in cases:
+        listener = make()
+        ns = per_call_ns(listener, work, args.calls, args.repeat, flush_in_round)
         if baseline is None:
             baseline = ns
-        print("{:<48} {:>9.0f} ns/call  x{:.2f}".format(label, ns, ns / baseline))
+        dropped = ""
+        if isinstance(listener, StatsdListener):
+            listener.close()
+            # Each success is one event; rounds plus warm-up.
+            events = args.calls * args.repeat + min(args.calls, 10000) + 1
+            dropped = "  dropped {:5.1%}".format(listener.dropped_events / events)
+        print("{:<48} {:>9.0f} ns/call  x{:.2f}{}".format(label, ns, ns / baseline, dropped))
     for client in clients:
         client._sock.close()  # statsd 3.3's StatsClient has no close()
     unread.close()

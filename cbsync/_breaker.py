@@ -53,7 +53,14 @@ from ._events import Event, Listener, deliver, logger, notify_success
 from ._fork import ForkGuard
 from ._metrics import AtomicCounter, LatencyHistogram, MetricsSnapshot
 from ._state import OpenReason, State, StateTransition
-from ._store import LocalTransition, RemoteState, StoreBinding, TrialVerdict, bind_store
+from ._store import (
+    LocalTransition,
+    RemoteState,
+    StoreBinding,
+    TrialVerdict,
+    bind_store,
+    check_store,
+)
 from ._windows import CountWindow, TimeWindow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -200,8 +207,8 @@ class CircuitBreaker:
             raise ConfigError("config={!r} must be a CircuitBreakerConfig".format(config))
         if clock is not None and not callable(clock):
             raise ConfigError("clock={!r} must be a callable returning seconds".format(clock))
-        if store is not None and not callable(getattr(store, "bind", None)):
-            bind_store(store, self)  # raises the ConfigError naming the bad store
+        if store is not None:
+            check_store(store)  # before anything else is built; bound at the end
         listeners = tuple(listeners)
         for listener in listeners:
             _check_listener(listener)

@@ -202,14 +202,13 @@ def run_watch(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
 def _with_store(args: argparse.Namespace, command: Callable[[RedisStore], int]) -> int:
     try:
         from redis.exceptions import RedisError
-
-        integration = importlib.import_module("cbsync.integrations.redis")
     except ImportError as exc:
         raise ConfigError(
             "the Redis commands need the redis package: pip install 'cbsync[redis]' ({})".format(
                 exc
             )
         ) from exc
+    integration = importlib.import_module("cbsync.integrations.redis")
     store = integration.RedisStore(args.redis, prefix=args.prefix)
     try:
         return command(store)
@@ -256,7 +255,7 @@ _COLUMNS: Sequence[Tuple[str, Callable[[FleetBreaker], str]]] = (
         "RETRY AFTER",
         lambda row: "-" if row.retry_after is None else "{:.1f}s".format(row.retry_after),
     ),
-    ("REASON", lambda row: _show(str(row.reason))),
+    ("REASON", lambda row: "-" if row.reason.kind == "unknown" else _show(str(row.reason))),
 )
 _RIGHT = frozenset(("FAILURE RATE", "CALLS", "RETRY AFTER"))
 

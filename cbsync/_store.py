@@ -118,15 +118,19 @@ class StoreBinding:
         """A granted permit was taken by a call, or not (lock held)."""
 
 
-def bind_store(store: object, breaker: "CircuitBreaker") -> StoreBinding:
-    """``store.bind(breaker)``, checked; raises :class:`ConfigError` for a non-store."""
-    bind = getattr(store, "bind", None)
-    if not callable(bind):
+def check_store(store: object) -> None:
+    """Raise :class:`ConfigError` unless ``store`` has a ``bind(breaker)`` method."""
+    if not callable(getattr(store, "bind", None)):
         raise ConfigError(
             "store={!r} is not a store: give an object with a bind(breaker) method, such "
             "as cbsync.integrations.redis.RedisStore".format(store)
         )
-    binding = bind(breaker)
+
+
+def bind_store(store: object, breaker: "CircuitBreaker") -> StoreBinding:
+    """``store.bind(breaker)``, checked; raises :class:`ConfigError` for a non-store."""
+    check_store(store)
+    binding = store.bind(breaker)  # type: ignore[attr-defined]
     if not isinstance(binding, StoreBinding):
         raise ConfigError(
             "store={!r}: bind() returned {!r}, not a cbsync StoreBinding".format(store, binding)

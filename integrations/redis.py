@@ -22,11 +22,19 @@ state.  A CLOSED breaker judges the fleet's counts: the window of the last
 sync plus what it has not flushed yet, so failures spread over processes open
 the circuit for all of them.
 
-Only two things go to Redis from a caller's thread, never in CLOSED: asking
-for a HALF_OPEN trial permit (one script call; permits are fleet-wide leases
-that expire, so a process that dies during a trial call cannot keep the
-circuit half-open), and nothing else.  The breaker's lock is never held during
-Redis I/O.
+The fleet's counts are as fresh as the last sync: a process opens on what it
+knew then plus its own unflushed calls, and the flush that takes the fleet
+over a threshold opens the circuit in Redis (the other processes follow at
+their next sync).  A process's calls before its first sync are decided on
+local state.
+
+One thing only goes to Redis from a caller's thread, and never in CLOSED:
+asking for a trial permit once an OPEN period is over or while HALF_OPEN (one
+script call).  Permits are fleet-wide leases that expire
+(``max(LEASE_FLOOR, 8 * sync_interval)``, renewed while the call runs), so a
+process that dies during a trial call cannot keep the circuit half-open; a
+permit is given back at the next sync after its call ends.  The breaker's lock
+is never held during Redis I/O.
 
 How processes agree
 -------------------
@@ -422,7 +430,8 @@ def _where(client: Any) -> str:
 class FleetBreaker(NamedTuple):
     """One breaker as Redis holds it, for operators (:meth:`RedisStore.fleet_status`).
 
-    ``reason`` is why the fleet is in ``state``; ``window_*`` describe the
+    ``reason`` is why the fleet is in ``state`` (kind ``"unknown"`` for a
+    breaker that never changed state); ``window_*`` describe the
     fleet's window (``None`` rates when it is empty); ``trial_calls`` counts
     live HALF_OPEN leases; ``changed_at`` is when the last transition happened
     (server time, UTC) and ``changed_by`` which process performed it
@@ -868,6 +877,9 @@ class RedisStore:
         self._scripts_loaded = False
         self._backoff = self.sync_interval
         self._retry_at = 0.0
+        # Long ago: the first round runs as soon as the thread starts, so a
+        # process learns the fleet's state right after its first call.
+        self._round_started = -math.inf
 
     def _after_fork(self) -> None:
         had_thread = self._thread is not None
@@ -1033,9 +1045,11 @@ class RedisStore:
         self._wake.set()
 
     def _next_wait(self) -> float:
+        now = time.monotonic()
         if self._in_outage:
-            return max(0.0, self._retry_at - time.monotonic())
-        return self.sync_interval
+            return max(0.0, self._retry_at - now)
+        # Fixed rate: a round's own duration does not delay the next one.
+        return min(self.sync_interval, max(0.0, self._round_started + self.sync_interval - now))
 
     def _usable(self) -> bool:
         self._fork.check()
@@ -1066,6 +1080,7 @@ class RedisStore:
         with self._round_lock:
             if self._in_outage and not force and time.monotonic() < self._retry_at:
                 return False
+            self._round_started = time.monotonic()
             works: List[_Work] = []
             for binding in self._live():
                 breaker = binding.breaker

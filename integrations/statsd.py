@@ -48,10 +48,15 @@ nothing and only add noise.  The state gauge and the transition counters are
 never sampled either, so a dashboard never misses a state change.
 
 The buffer holds at most ``max_buffer`` events (50,000 by default, a few
-megabytes).  If the sender cannot keep up (a stream client stuck on a dead
-server, or a process making calls faster than the thread is given the GIL),
-the oldest events are dropped and counted; nothing is lost silently (see
-Failures).
+megabytes).  If the sender cannot keep up, the oldest events are dropped and
+counted; nothing is lost silently (see Failures).  It keeps up easily when
+calls do I/O, as the calls a breaker protects do: each one releases the GIL
+and lets the thread send.  A process whose calls never release the GIL
+(a loop of pure-Python calls) lets the thread have the GIL back only every
+``sys.getswitchinterval()`` (5 ms) after each packet it sends; past a few
+thousand calls a second it then falls behind and drops.  A larger packet
+size (``StatsClient(host, port, maxudpsize=1432)`` on a LAN, more towards a
+local agent) or a ``sample_rate`` below 1 makes it send fewer packets.
 
 :meth:`StatsdListener.flush` sends what is buffered now, in the calling
 thread; :meth:`StatsdListener.close` flushes, stops the thread and closes the
@@ -83,8 +88,10 @@ is cleaned the same way, except that its dots are kept as separators; empty
 segments are dropped, so ``".my app..cb."`` becomes ``my_app.cb`` and an empty
 prefix means no prefix.  Distinct names may map to the same metric (``a.b`` and
 ``a:b`` both give ``a_b``); give breakers names that differ in letters, digits,
-``_`` or ``-`` when that matters.  A prefix configured on the statsd client
-itself is put in front of all of this, unchanged.
+``_`` or ``-`` when that matters.  Breakers with the same name (in different
+registries) attached to one listener report as one; its ``slow`` counter uses
+the ``slow_call_duration`` of the one attached last.  A prefix configured on
+the statsd client itself is put in front of all of this, unchanged.
 
 Failures
 --------
@@ -97,8 +104,9 @@ the events of that moment are dropped, and the next flush that gets through
 sends the current state gauge of every breaker again), and it logs one
 WARNING on logger ``cbsync`` at most once a minute, counting the failures and
 the dropped events since the previous message; events pushed out of a full
-buffer are logged the same way.  UDP (the default) never waits for the
-server: an unreachable StatsD costs what a reachable one does.
+buffer are logged the same way.  ``StatsdListener.dropped_events`` counts
+every dropped event since the listener was made.  UDP (the default) never
+waits for the server: an unreachable StatsD costs what a reachable one does.
 
 ``TCPStatsClient`` and ``UnixSocketStatsClient`` never reconnect by
 themselves after a socket error; the listener closes them after an error so
@@ -168,8 +176,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _StatsClientBase: Any = statsd.client.base.StatsClientBase
 _StreamClientBase: Any = statsd.client.stream.StreamClientBase
 
-#: A buffered event: (kind, breaker, value).
-_Event = Tuple[int, CircuitBreaker, Any]
+#: A buffered event: (kind, breaker name, value).  Only atomic values, so
+#: that the garbage collector stops tracking it at once (a tuple holding the
+#: breaker would be traversed by every collection while it is buffered).
+_Event = Tuple[int, str, Any]
 
 
 def _monotonic() -> float:
@@ -249,6 +259,7 @@ class _Lines:
         self._rate = rate
         self._suffix = "|@{}".format(rate) if rate < 1 else ""
         self._limit: int = getattr(client, "_maxudpsize", _STREAM_CHUNK)
+        #: Lines, or runs of lines already joined with newlines.
         self.lines: List[str] = []
 
     def counter(self, name: str, count: int) -> None:
@@ -262,9 +273,13 @@ class _Lines:
         if rate < 1:
             draw = random.random
             seconds = [value for value in seconds if draw() <= rate]
-        # The statsd client's own format: '%0.6f|ms' of milliseconds.
-        template = name.replace("%", "%%") + ":%0.6f|ms" + self._suffix
-        self.lines.extend(map(template.__mod__, [value * 1000.0 for value in seconds]))
+        if not seconds:
+            return
+        # The statsd client's own format, '%0.6f|ms' of milliseconds; one
+        # template for all the values formats them in one C-level call.
+        line = name.replace("%", "%%") + ":%0.6f|ms" + self._suffix
+        template = "\n".join([line] * len(seconds))
+        self.lines.append(template % tuple([value * 1000.0 for value in seconds]))
 
     def send(self) -> None:
         lines, self.lines = self.lines, []
@@ -341,8 +356,12 @@ class StatsdListener(cbsync.Listener):
     ``client`` is a ``statsd.StatsClient`` (UDP), ``TCPStatsClient`` or
     ``UnixSocketStatsClient``, or any object with their ``incr``, ``timing``
     and ``gauge`` methods; without one, a ``StatsClient(host, port)`` is
-    made (the host name is resolved once, here).  ``prefix`` starts every
-    name; ``sample_rate`` (0 < rate <= 1) samples the latency values.
+    made (the host name is resolved once, here).  A statsd client (or a
+    subclass) gets prepared lines, packed, through its packet sender, as its
+    own ``pipeline()`` would send them; any other object gets one ``incr``
+    per counter, one ``timing`` per latency value and one ``gauge`` per
+    state.  ``prefix`` starts every name; ``sample_rate`` (0 < rate <= 1)
+    samples the latency values.
 
     Calls only buffer their events; a background daemon thread sends them
     every ``flush_interval`` (seconds, a ``timedelta`` or a string such as
@@ -437,8 +456,9 @@ class StatsdListener(cbsync.Listener):
         self._buffer: Deque[_Event] = collections.deque()
         self._room = 0
         self._closed = False
-        #: Breakers seen, for sending their state again after a loss.
-        self._known: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+        #: Breaker name -> the breaker last attached under it (for its
+        #: slow_call_duration and, after a loss, its current state).
+        self._attached: Dict[str, Callable[[], Optional[CircuitBreaker]]] = {}
         # Sender state: used by whoever holds the send lock.
         self._failures = 0  # consecutive
         self._resume_at = -math.inf
@@ -555,7 +575,16 @@ class StatsdListener(cbsync.Listener):
     # -- events (the call path: append a tuple, nothing else) ---------------
 
     def on_attach(self, breaker: CircuitBreaker) -> None:
-        event = (_STATE, breaker, STATE_VALUES[breaker.state])
+        name = breaker.name
+        self._fork.check()  # the lock below may be a copy held in the parent
+        with self._lock:
+            attached = self._attached
+            if len(attached) >= _NAMES_KEPT:
+                # Bounded by the breakers alive: forget the collected ones.
+                for gone in [key for key, ref in attached.items() if ref() is None]:
+                    del attached[gone]
+            attached[name] = weakref.ref(breaker)
+        event = (_STATE, name, STATE_VALUES[breaker.state])
         buffer = self._buffer
         if len(buffer) < self._room:
             buffer.append(event)
@@ -565,37 +594,37 @@ class StatsdListener(cbsync.Listener):
     def on_success(self, breaker: CircuitBreaker, elapsed: float) -> None:
         buffer = self._buffer
         if len(buffer) < self._room:
-            buffer.append((_SUCCESS, breaker, elapsed))
+            buffer.append((_SUCCESS, breaker.name, elapsed))
         else:
-            self._crowded((_SUCCESS, breaker, elapsed))
+            self._crowded((_SUCCESS, breaker.name, elapsed))
 
     def on_failure(
         self, breaker: CircuitBreaker, elapsed: float, exc: Optional[BaseException]
     ) -> None:
         buffer = self._buffer
         if len(buffer) < self._room:
-            buffer.append((_FAILURE, breaker, elapsed))
+            buffer.append((_FAILURE, breaker.name, elapsed))
         else:
-            self._crowded((_FAILURE, breaker, elapsed))
+            self._crowded((_FAILURE, breaker.name, elapsed))
 
     def on_ignored(self, breaker: CircuitBreaker, elapsed: float, exc: BaseException) -> None:
         buffer = self._buffer
         if len(buffer) < self._room:
-            buffer.append((_IGNORED, breaker, None))
+            buffer.append((_IGNORED, breaker.name, None))
         else:
-            self._crowded((_IGNORED, breaker, None))
+            self._crowded((_IGNORED, breaker.name, None))
 
     def on_rejected(self, breaker: CircuitBreaker, error: CircuitOpenError) -> None:
         buffer = self._buffer
         if len(buffer) < self._room:
-            buffer.append((_REJECTED, breaker, None))
+            buffer.append((_REJECTED, breaker.name, None))
         else:
-            self._crowded((_REJECTED, breaker, None))
+            self._crowded((_REJECTED, breaker.name, None))
 
     def on_state_change(
         self, breaker: CircuitBreaker, old: State, new: State, reason: OpenReason
     ) -> None:
-        event = (_TRANSITION, breaker, (old, new))
+        event = (_TRANSITION, breaker.name, (old, new))
         buffer = self._buffer
         if len(buffer) < self._room:
             buffer.append(event)
@@ -623,8 +652,11 @@ class StatsdListener(cbsync.Listener):
                     dropped = self._dropped_total
                 # Now and then: a child forked from C (no fork hooks) that
                 # inherited a full buffer has no sender; restart it.
-                if dropped % 1024 or not self._fork.check():
-                    return
+                if dropped % 1024 == 0 and self._fork.check():
+                    with self._lock:
+                        if not self._closed and self._thread is None:
+                            self._start_thread()
+                return
             self._fork.check()
             wake = False
             with self._lock:
@@ -642,7 +674,7 @@ class StatsdListener(cbsync.Listener):
             if wake:
                 self._wakeup.set()
         except Exception as exc:  # e.g. "can't start new thread"
-            self._warn("failed", exc)
+            self._internal_error(exc)
 
     def _drop_oldest(self, buffer: Deque[_Event]) -> None:
         # self._lock is held.
@@ -682,7 +714,7 @@ class StatsdListener(cbsync.Listener):
             with self._send_lock:
                 self._send_buffered()
         except Exception as exc:  # a bug here must not end the thread
-            self._warn("failed", exc)
+            self._internal_error(exc)
 
     def _send_buffered(self) -> None:
         buffer = self._buffer
@@ -710,16 +742,14 @@ class StatsdListener(cbsync.Listener):
     def _send_events(self, items: List[_Event]) -> None:
         if _monotonic() < self._resume_at:
             # Paused after a failure: drop, count, and send every state later.
-            self._known.update({item[1] for item in items})
             self._resend_states = True
             with self._lock:
                 self._dropped_unlogged += len(items)
                 self._dropped_total += len(items)
             return
-        tallies = self._tally(items)
         sink: Any = (_Lines if self._packets else _Calls)(self._client, self._rate)
         try:
-            self._emit(tallies, sink)
+            self._emit(self._tally(items), sink)
             sink.send()
         except Exception as exc:
             if self._stream:
@@ -732,13 +762,13 @@ class StatsdListener(cbsync.Listener):
             self._failures = 0
             self._resume_at = -math.inf
 
-    def _tally(self, items: List[_Event]) -> Dict[CircuitBreaker, _Tally]:
-        tallies: Dict[CircuitBreaker, _Tally] = {}
+    def _tally(self, items: List[_Event]) -> Dict[str, _Tally]:
+        tallies: Dict[str, _Tally] = {}
         get = tallies.get
-        for kind, breaker, value in items:
-            tally = get(breaker)
+        for kind, name, value in items:
+            tally = get(name)
             if tally is None:
-                tally = tallies[breaker] = _Tally()
+                tally = tallies[name] = _Tally()
             tally.counts[kind] += 1
             if kind <= _FAILURE:
                 tally.latencies.append(value)
@@ -751,13 +781,20 @@ class StatsdListener(cbsync.Listener):
                 tally.state = STATE_VALUES[new]
         return tallies
 
-    def _emit(self, tallies: Dict[CircuitBreaker, _Tally], sink: Any) -> None:
-        resend = self._resend_states
-        self._resend_states = False
-        known = self._known
-        for breaker, tally in tallies.items():
-            known.add(breaker)
-            names = self._names_of(breaker.name)
+    def _emit(self, tallies: Dict[str, _Tally], sink: Any) -> None:
+        with self._lock:
+            attached = dict(self._attached)
+        states: Dict[str, int] = {}
+        if self._resend_states:
+            # Some events were lost: the current state of every breaker, so
+            # that no dashboard stays wrong until the next transition.
+            self._resend_states = False
+            for name, attached_ref in attached.items():
+                alive = attached_ref()
+                if alive is not None:
+                    states[name] = STATE_VALUES[alive.state]
+        for name, tally in tallies.items():
+            names = self._names_of(name)
             success, failure, ignored, rejected = tally.counts[:4]
             if success:
                 sink.counter(names.success, success)
@@ -768,7 +805,9 @@ class StatsdListener(cbsync.Listener):
             if rejected:
                 sink.counter(names.rejected, rejected)
             latencies = tally.latencies
-            slow = breaker.config.slow_call_duration
+            ref = attached.get(name)
+            breaker = ref() if ref is not None else None
+            slow = breaker.config.slow_call_duration if breaker is not None else None
             if slow is not None and latencies:
                 slow_calls = len([value for value in latencies if value >= slow])
                 if slow_calls:
@@ -777,13 +816,13 @@ class StatsdListener(cbsync.Listener):
                 sink.counter(names.transition + key, count)
             if latencies:
                 sink.timers(names.latency, latencies)
-            if tally.state is not None and not resend:
-                sink.gauge(names.state, tally.state)
-        if resend:
-            # Some events were lost: the current state of every breaker, so
-            # that no dashboard stays wrong until the next transition.
-            for breaker in list(known):
-                sink.gauge(self._names_of(breaker.name).state, STATE_VALUES[breaker.state])
+            if tally.state is not None and name not in states:
+                # Two threads' transitions of one breaker can reach listeners
+                # out of order; the breaker's state now is what is true.
+                state = STATE_VALUES[breaker.state] if breaker is not None else tally.state
+                sink.gauge(names.state, state)
+        for name, value in states.items():
+            sink.gauge(self._names_of(name).state, value)
 
     def _names_of(self, name: str) -> _Names:
         names = self._names.get(name)
@@ -806,6 +845,11 @@ class StatsdListener(cbsync.Listener):
             self._dropped_unlogged += events
             self._dropped_total += events
         self._warn("failed", exc, pause)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self._failed_unlogged += 1
+        self._warn("failed", exc)
 
     def _warn(
         self, what: str, exc: Optional[BaseException] = None, pause: Optional[float] = None
@@ -853,10 +897,12 @@ def _forget_parent_events() -> None:
     # buffered there is the parent's, and the parent sends it.
     for listener in list(_live):
         listener._buffer.clear()
-        listener._full_unlogged = 0
+        # The parent reports its own trouble.
+        listener._lost = False
+        listener._failed_unlogged = listener._dropped_unlogged = listener._full_unlogged = 0
 
 
-
+atexit.register(_flush_at_exit)
 _register_at_fork: Optional[Callable[..., None]] = getattr(os, "register_at_fork", None)
 if _register_at_fork is not None:
     _register_at_fork(after_in_child=_forget_parent_events)

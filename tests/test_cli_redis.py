@@ -163,16 +163,16 @@ def test_names_that_could_break_the_table_are_escaped():
     assert "1.2s" in table or "1.3s" in table
 
 
-def test_import_cbsync_and_its_command_line_do_not_import_redis():
+def test_import_cbsync_and_its_command_line_do_not_import_redis(tmp_path):
     """The Redis commands import redis when they run, not when cbsync is imported."""
     code = (
         "import sys, cbsync, cbsync._cli, cbsync.__main__\n"
         "assert not [m for m in sys.modules if m == 'redis' or m.startswith('redis.')]\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=tmp_path)
 
 
-def test_python_dash_m_cbsync_status(stores):
+def test_python_dash_m_cbsync_status(stores, tmp_path):
     """The commands run as ``python -m cbsync`` too."""
     store = stores(60)
     breaker = cbsync.CircuitBreaker("payments", store=store)
@@ -183,6 +183,7 @@ def test_python_dash_m_cbsync_status(stores):
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,  # the installed cbsync, not the source tree's
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].split()[:2] == ["payments", "closed"]

@@ -95,6 +95,12 @@ def test_examples_run(page, api_url, tmp_path, monkeypatch):
             exec(code, namespace)
     finally:
         _registry.set_default_registry(previous)
+        if "redis_url" in source:  # the examples use the prefix shop:cb:
+            client = redis.Redis.from_url(namespace["redis_url"])
+            keys = list(client.scan_iter("shop:cb:*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p, "pytest")], ids=_ids)

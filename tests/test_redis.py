@@ -492,7 +492,7 @@ def test_a_stalled_redis_costs_a_call_at_most_one_timeout(server, caplog):
 # -- processes ----------------------------------------------------------------------
 
 
-def test_a_forked_child_restarts_the_background_sync(stores):
+def test_a_forked_child_restarts_the_background_sync(stores, tmp_path):
     """After os.fork() the child's store syncs by itself (its thread is restarted)."""
     script = textwrap.dedent(
         """
@@ -532,12 +532,13 @@ def test_a_forked_child_restarts_the_background_sync(stores):
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,  # the installed cbsync, not the source tree's
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "forced_open"
 
 
-def test_four_processes_share_one_breaker(stores):
+def test_four_processes_share_one_breaker(stores, tmp_path):
     """Spread failures open it for all; a CLI trip and reset reach all; permits stay fleet-wide."""
     context = multiprocessing.get_context("spawn")  # no fork of a threaded pytest
     results = context.Queue()
@@ -587,13 +588,16 @@ def test_four_processes_share_one_breaker(stores):
             capture_output=True,
             text=True,
             timeout=60,
+            cwd=tmp_path,  # the installed cbsync, not the source tree's
         )
         assert trip.returncode == 0, trip.stderr
         tripped = wait_for_all("forced_open")
         assert {answer[1:] for answer in tripped.values()} == {("manual", "maintenance")}
         assert all(answer[:2] == ("rejected", "forced_open") for answer in ask("call").values())
 
-        reset = subprocess.run([*cli, "reset", "shared", *where], capture_output=True, timeout=60)
+        reset = subprocess.run(
+            [*cli, "reset", "shared", *where], capture_output=True, timeout=60, cwd=tmp_path
+        )
         assert reset.returncode == 0, reset.stderr
         wait_for_all("closed")
         assert all(answer == ("admitted",) for answer in ask("call").values())

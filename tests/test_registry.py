@@ -291,7 +291,8 @@ def test_store_is_passed_to_breakers():
 def test_iteration_membership_len_and_snapshot():
     """Iteration yields names in creation order; in, len and snapshot work."""
     registry = cbsync.Registry()
-    a, b = registry.get("a"), registry.get("b")
+    registry.get("a")
+    b = registry.get("b")
     with pytest.raises(DownError):
         b.call(fail)
     assert list(registry) == ["a", "b"]

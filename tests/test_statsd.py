@@ -893,6 +893,7 @@ def test_name_cache_is_bounded(client, listeners):
         listener.on_attach(cbsync.CircuitBreaker("svc-{}".format(index)))
     listener.flush()
     assert 0 < len(listener._names) <= module._NAMES_KEPT
+    assert 0 < len(listener._attached) <= module._NAMES_KEPT  # those breakers are gone
 
 
 def test_a_thread_that_cannot_start_is_logged_and_calls_go_on(
