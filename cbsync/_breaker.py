@@ -24,6 +24,7 @@ How the work is split, and why:
   (``_after_fork``; see ``_fork.py``).  The lock-free paths never pay for it.
 """
 
+import array
 import collections
 import datetime
 import logging
@@ -35,6 +36,7 @@ from typing import (
     Any,
     Callable,
     Deque,
+    Dict,
     Iterable,
     List,
     Optional,
@@ -47,7 +49,7 @@ from typing import (
 import wrapt
 
 from . import _health
-from ._config import CircuitBreakerConfig, Duration, ExceptionMatcher
+from ._config import CircuitBreakerConfig, Duration, ExceptionMatcher, open_period
 from ._errors import CircuitOpenError, ConfigError, HalfOpenLimitReached
 from ._events import Event, Listener, deliver, logger, notify_success
 from ._fork import ForkGuard
@@ -66,8 +68,13 @@ from ._windows import CountWindow, TimeWindow
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
 
-#: Fast successes waiting to be folded; past this the next success folds.
-_PENDING_MAX = 256
+#: Fast successes waiting to be folded: at this many, the success that sees
+#: it folds them if the lock is free at that moment.  Folding seldom matters
+#: under threads: a thread preempted while folding makes the others queue.
+_PENDING_MAX = 4096
+#: ... and at this many it folds them even if it has to wait for the lock:
+#: the bound on the memory they take.
+_PENDING_HARD_MAX = 4 * _PENDING_MAX
 #: State changes kept for ``snapshot().transitions``.
 _TRANSITIONS_KEPT = 100
 
@@ -236,7 +243,9 @@ class CircuitBreaker:
         self._current: _StateObject = _Closed()
         self._transitions: Deque[StateTransition] = collections.deque(maxlen=_TRANSITIONS_KEPT)
         self._reopen_count = 0
-        self._pending: List[float] = []
+        #: Latencies of lock-free successes, not folded yet: an array of
+        #: doubles (8 bytes each), appended to without the lock.
+        self._pending: array.array[float] = array.array("d")
         self._fast_until = -math.inf
         self._clear_counts()
         #: Link to a shared store (see _store.py); None keeps everything local.
@@ -309,13 +318,14 @@ class CircuitBreaker:
         elapsed = end - start
         if self._failure_result is not None and self._result_fails(result):
             self._record(admitted, elapsed, end, _FAILURE, None)
-        elif (
-            end < self._fast_until
-            and elapsed < self._slow_limit
-            and len(self._pending) < _PENDING_MAX
-        ):
-            # A CLOSED success that cannot open anything: no lock (see module doc).
-            self._pending.append(elapsed)
+        elif end < self._fast_until and elapsed < self._slow_limit and admitted is self._current:
+            # A CLOSED success that cannot open anything: no lock (see the
+            # module doc).  _succeeded() is the same, for the integrations;
+            # it is written out here because this is the hot path.
+            pending = self._pending
+            pending.append(elapsed)
+            if len(pending) >= _PENDING_MAX:
+                self._fold_soon()
             if self._listeners:
                 notify_success(self._listeners, self, elapsed)
         else:
@@ -351,7 +361,13 @@ class CircuitBreaker:
         self._force(_ForcedOpen(OpenReason("manual", reason)))
 
     def reset(self) -> None:
-        """Close the circuit and clear the window, counters and backoff."""
+        """Close the circuit and clear the window, counters and backoff.
+
+        With a shared store a reset closes the breaker in every process, except
+        the reset of a DISABLED breaker: that one re-enables this process only,
+        which then adopts the fleet's state at its next sync (if the fleet is
+        OPEN, this breaker opens again).
+        """
         events: List[Event] = []
         with self._lock:
             del self._pending[:]
@@ -368,7 +384,12 @@ class CircuitBreaker:
         self._emit(events)
 
     def disable(self) -> None:
-        """Let every call through and never open; outcomes are still measured."""
+        """Let every call through and never open; outcomes are still measured.
+
+        With a shared store it stays local to this process, which ignores the
+        fleet's state until :meth:`reset` (which rejoins the fleet's state
+        rather than closing it everywhere) or :meth:`trip`.
+        """
         self._force(_Disabled())
 
     def snapshot(self) -> MetricsSnapshot:
@@ -616,12 +637,11 @@ class CircuitBreaker:
     def _succeeded(self, admitted: Permit, elapsed: float, end: float) -> None:
         """Record a successful call as :meth:`call` does: without the lock when
         it cannot change anything (see the module docstring)."""
-        if (
-            end < self._fast_until
-            and elapsed < self._slow_limit
-            and len(self._pending) < _PENDING_MAX
-        ):
-            self._pending.append(elapsed)
+        if end < self._fast_until and elapsed < self._slow_limit and admitted is self._current:
+            pending = self._pending
+            pending.append(elapsed)
+            if len(pending) >= _PENDING_MAX:
+                self._fold_soon()
             if self._listeners:
                 notify_success(self._listeners, self, elapsed)
         else:
@@ -662,18 +682,20 @@ class CircuitBreaker:
                 failed = outcome is _FAILURE
                 slow = elapsed >= self._slow_limit
                 self._histogram.record(elapsed)
-                self._window.record(end, failed, slow)
                 if slow:
                     self._slow_calls += 1
                 if failed:
                     self._failures += 1
-                    self._consecutive += 1
                     events.append(("on_failure", (self, elapsed, exc)))
                 else:
                     self._successes += 1
-                    self._consecutive = 0
                     events.append(("on_success", (self, elapsed)))
                 if admitted is current:
+                    # Only the outcome of a call admitted under the current
+                    # state moves the window, the streak and the state; a
+                    # stale one counts in the totals above and nowhere else.
+                    self._window.record(end, failed, slow)
+                    self._consecutive = self._consecutive + 1 if failed else 0
                     if isinstance(current, _Closed):
                         reason = self._judge(end)
                         if reason is not None:
@@ -681,13 +703,13 @@ class CircuitBreaker:
                     elif isinstance(current, _HalfOpen):
                         current.in_flight -= 1
                         if self._binding is not None:
-                            self._binding.trial_ended(not (failed or slow))
-                        if failed or slow:
+                            self._binding.trial_ended(not failed)
+                        if failed:
+                            # The first failed trial reopens: a failure streak
+                            # the trial period could not break.
                             self._reopen_count += 1
-                            kind = "trial_failure" if failed else "trial_slow_call"
-                            self._open(
-                                end, OpenReason(kind, round(elapsed, 6)), events, open_at_least
-                            )
+                            reason = OpenReason("consecutive_failures", self._consecutive)
+                            self._open(end, reason, events, open_at_least)
                         else:
                             current.successes += 1
                             if current.successes >= config.success_threshold:
@@ -729,6 +751,9 @@ class CircuitBreaker:
             self._current = fresh
         if self._health_checks:
             _health.state_changed(self)
+        if self._binding is not None:
+            # The child's counts start here, before it counts anything (see _store.py).
+            self._binding.forked()
 
     def _recover(self, started_under: object, close: bool, active: Callable[[], bool]) -> bool:
         """A health check passed: leave OPEN, if ``started_under`` is still current.
@@ -778,10 +803,7 @@ class CircuitBreaker:
         return None
 
     def _open_period(self) -> float:
-        config = self._config
-        return min(
-            config.timeout * config.backoff_multiplier**self._reopen_count, config.max_timeout
-        )
+        return open_period(self._config, self._reopen_count)
 
     def _open(
         self,
@@ -807,6 +829,9 @@ class CircuitBreaker:
             current = self._current
             if isinstance(current, _ForcedOpen) and isinstance(new, _ForcedOpen):
                 current.reason = new.reason
+                if self._binding is not None:
+                    # Tripped again (maybe for a new reason): a trip is for the whole fleet.
+                    self._binding.changed(self._describe(_FORCED_OPEN, new.reason))
             elif type(current) is not type(new):
                 reason = new.reason if isinstance(new, _ForcedOpen) else OpenReason("disabled")
                 self._fold_pending()
@@ -912,12 +937,32 @@ class CircuitBreaker:
         if n:
             # Appends only ever add at the end, so the first n are exactly
             # what was read; deleting them loses nothing appended meanwhile.
-            batch = pending[:n]
+            batch = pending[:n].tolist()
             del pending[:n]
+            # No streak to reset: a success only takes this path while the
+            # breaker has none (see _refresh_fast).
             self._successes += n
-            self._consecutive = 0
             self._histogram.record_many(batch)
             self._window.record_successes(n)
+
+    def _fold_soon(self) -> None:
+        """Fold the fast successes, without queueing behind another thread
+        unless they reach :data:`_PENDING_HARD_MAX`."""
+        # The lock object itself: the _lock property's fork check costs a
+        # system call, too much for every call while another thread folds.
+        # A lock copied held into a forked child only fails this attempt; the
+        # property rebuilds it below.
+        lock = self._lock_obj
+        if lock.acquire(False):
+            try:
+                self._fold_pending()
+                self._refresh_fast()
+            finally:
+                lock.release()
+        elif len(self._pending) >= _PENDING_HARD_MAX:
+            with self._lock:
+                self._fold_pending()
+                self._refresh_fast()
 
     def _refresh_fast(self) -> None:
         """Allow lock-free successes until the window's next edge, if no
@@ -979,27 +1024,38 @@ def _check_listener(listener: object) -> None:
 
 
 class _Guard:
-    """``with breaker.guard():`` -- one protected block."""
+    """``with breaker.guard():`` -- protected blocks.
 
-    __slots__ = ("_admitted", "_breaker", "_start")
+    One guard object may be entered again, nested or from several threads at
+    once (like a lock kept in a variable): each thread's entries are a stack.
+    """
+
+    __slots__ = ("_breaker", "_entries")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
+        self._entries: Dict[int, List[Tuple[Permit, float]]] = {}
 
     def __enter__(self) -> CircuitBreaker:
-        self._admitted = self._breaker._acquire()
-        self._start = self._breaker._now()
-        return self._breaker
+        breaker = self._breaker
+        admitted = breaker._acquire()
+        self._entries.setdefault(threading.get_ident(), []).append((admitted, breaker._now()))
+        return breaker
 
     def __exit__(self, exc_type: object, exc: Optional[BaseException], tb: object) -> None:
         breaker = self._breaker
+        ident = threading.get_ident()
+        stack = self._entries[ident]
+        admitted, start = stack.pop()
+        if not stack:
+            del self._entries[ident]
         if exc is None:
             end = breaker._now()
-            breaker._record(self._admitted, end - self._start, end, _SUCCESS, None)
+            breaker._succeeded(admitted, end - start, end)
         elif isinstance(exc, Exception):
-            breaker._raised(self._admitted, breaker._now() - self._start, exc)
+            breaker._raised(admitted, breaker._now() - start, exc)
         else:
-            breaker._abandon(self._admitted)
+            breaker._abandon(admitted)
 
 
 if TYPE_CHECKING:

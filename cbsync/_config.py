@@ -4,7 +4,7 @@ import dataclasses
 import datetime
 import difflib
 import re
-from typing import Any, Callable, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, Optional, Tuple, Type, Union
 
 from ._errors import ConfigError
 
@@ -113,10 +113,25 @@ def _matcher(field: str, value: object) -> ExceptionMatcher:
     )
 
 
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` naming the candidate closest to ``word``, or ``""``.
+
+    The one spelling hint of every cbsync error message (difflib's default
+    similarity cutoff, 0.6).
+
+    >>> did_you_mean("timeuot", ["timeout", "window_size"])
+    "; did you mean 'timeout'?"
+    >>> did_you_mean("zzz", ["timeout"])
+    ''
+    """
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return "; did you mean {!r}?".format(close[0]) if close else ""
+
+
 def _unknown_field_error(name: str) -> ConfigError:
-    close = difflib.get_close_matches(name, FIELD_NAMES, n=1)
-    hint = "; did you mean {!r}?".format(close[0]) if close else ""
-    return ConfigError("unknown circuit breaker setting {!r}{}".format(name, hint))
+    return ConfigError(
+        "unknown circuit breaker setting {!r}{}".format(name, did_you_mean(name, FIELD_NAMES))
+    )
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -238,6 +253,16 @@ class CircuitBreakerConfig:
             )
         for name, value in values.items():
             object.__setattr__(self, name, value)
+
+
+def open_period(config: CircuitBreakerConfig, reopen_count: int) -> float:
+    """How long the circuit stays OPEN after ``reopen_count`` reopens in a row:
+    ``min(timeout * backoff_multiplier ** reopen_count, max_timeout)``."""
+    try:
+        period = config.timeout * config.backoff_multiplier**reopen_count
+    except OverflowError:  # a day-long outage at a large multiplier
+        return config.max_timeout
+    return min(period, config.max_timeout)
 
 
 #: The names of every field, in declaration order.

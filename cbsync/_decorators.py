@@ -12,7 +12,6 @@ default -- as the pytest fixture ``breaker_registry`` does -- takes effect
 for code decorated or patched long before.
 """
 
-import difflib
 import inspect
 import logging
 import sys
@@ -33,7 +32,9 @@ from typing import (
 import wrapt
 
 from ._breaker import _FAILURE, _SUCCESS, CircuitBreaker
+from ._config import did_you_mean
 from ._errors import CircuitOpenError, ConfigError
+from ._health import HealthCheckHandle
 from ._registry import Registry, default_registry, normalize_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -289,9 +290,7 @@ def _lookup(parent: object, attribute: str) -> Tuple[object, bool]:
 
 
 def _missing(target: str, owner: str, parent: object, attribute: str) -> ConfigError:
-    names = [n for n in dir(parent) if not n.startswith("__")]
-    close = difflib.get_close_matches(attribute, names, n=1)
-    hint = "; did you mean {!r}?".format(close[0]) if close else ""
+    hint = did_you_mean(attribute, (n for n in dir(parent) if not n.startswith("__")))
     return ConfigError(
         "cbsync.patch({!r}): {} has no attribute {!r}{}".format(target, owner, attribute, hint)
     )
@@ -378,6 +377,24 @@ class Patch:
             wrapper = wrapt.wrap_function_wrapper(module, self._path, self._wrapper)
             self._applied = (parent, parts[-1], original, own, wrapper)
 
+    def _apply_on_import(self, module: object) -> None:
+        """wrapt's post-import hook: apply the patch, or log why it cannot be.
+
+        It runs inside the user's own ``import`` statement: raising here would
+        fail that import (and drop the module from ``sys.modules``) for a
+        mistake in the patch, so the module is left importable and unpatched.
+        """
+        try:
+            self._apply(module)
+        except ConfigError as exc:
+            logger.error("%s -- module %r was imported without this patch", exc, self._module)
+        except Exception:
+            logger.exception(
+                "cbsync.patch(%r) failed -- module %r was imported without this patch",
+                self.target,
+                self._module,
+            )
+
     def undo(self) -> None:
         """Restore the original exactly, or cancel the patch if its module is
         not imported yet.  Calling it again does nothing."""
@@ -431,6 +448,13 @@ def patch(
     exactly.  ``fallback`` and ``fallback_on_failure`` work as in
     :func:`circuit`.
 
+    A path that does not resolve to a function raises
+    :class:`~cbsync.ConfigError` naming the missing part when the module is
+    already imported.  When the patch is applied later, as the module is
+    imported, the same error is logged at ERROR on logger ``cbsync`` instead
+    of failing the import: the module imports unpatched and
+    ``handle.applied`` stays ``False``.
+
     Code that copied the function before the patch (``from module import
     func`` run earlier) keeps calling the original.
     """
@@ -473,8 +497,9 @@ def patch(
     if module is not None:
         handle._apply(module)
     else:
-        # Fires at once if another thread imported the module meanwhile.
-        wrapt.when_imported(module_name)(handle._apply)
+        # Fires at once if another thread imported the module meanwhile
+        # (a bad path is then logged, as for any import after patch()).
+        wrapt.when_imported(module_name)(handle._apply_on_import)
     return handle
 
 
@@ -497,12 +522,21 @@ class _Guarded(_ObjectProxy):  # type: ignore[misc]
         wrapped: object,
         breaker: CircuitBreaker,
         methods: Optional[Collection[str]],
-        health: object,
+        health: Optional[HealthCheckHandle],
     ) -> None:
         super().__init__(wrapped)
         self._self_breaker = breaker
         self._self_methods = None if methods is None else frozenset(methods)
         self._self_health = health
+
+    @property
+    def __cbsync_health_check__(self) -> Optional[HealthCheckHandle]:
+        """The handle of the ``health_check=`` given to :func:`guard`, or ``None``.
+
+        A dunder name, like wrapt's ``__wrapped__``, so that it shadows no
+        attribute of the guarded object.
+        """
+        return self._self_health
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.__wrapped__, name)
@@ -540,7 +574,9 @@ def guard(
     Only the methods named in ``methods`` are protected when it is given.
     Attribute reads and writes pass through untouched.  ``health_check``, a
     callable, is registered with ``breaker.health_check()`` so that an OPEN
-    breaker learns when the resource is back.
+    breaker learns when the resource is back; the proxy's
+    ``__cbsync_health_check__`` attribute holds its handle (``None`` without
+    ``health_check``), whose ``stop()`` unregisters it.
 
     >>> import cbsync, sqlite3
     >>> breaker = cbsync.CircuitBreaker("local-db")
@@ -560,14 +596,11 @@ def guard(
             )
         for method in methods:
             if not callable(getattr(obj, method, None)):
-                names = [n for n in dir(obj) if not n.startswith("__")]
-                close = difflib.get_close_matches(method, names, n=1)
-                hint = "; did you mean {!r}?".format(close[0]) if close else ""
+                hint = did_you_mean(method, (n for n in dir(obj) if not n.startswith("__")))
                 raise ConfigError("guard(): {!r} has no method {!r}{}".format(obj, method, hint))
-    health: object = None
+    health: Optional[HealthCheckHandle] = None
     if health_check is not None:
         if not callable(health_check):
             raise ConfigError("guard(): health_check={!r} must be a callable".format(health_check))
-        # Built by the health-check feature of CircuitBreaker.
-        health = cast(Any, breaker).health_check(health_check)
+        health = breaker.health_check(health_check)
     return _Guarded(obj, breaker, methods, health)

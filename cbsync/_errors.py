@@ -67,8 +67,9 @@ class HalfOpenLimitReached(CircuitOpenError):
     """Rejected in HALF_OPEN: every trial permit is held by a running call."""
 
     def __str__(self) -> str:
-        return "circuit {!r} is half_open and its trial calls are all in flight ({})".format(
-            self.breaker, self.reason
+        return (
+            "circuit {!r} is half_open and its trial calls are all in flight ({}); "
+            "retry later".format(self.breaker, self.reason)
         )
 
 

@@ -163,9 +163,6 @@ class HealthCheckHandle:
             base *= 1.0 + rng.uniform(-self.jitter, self.jitter)
         return base
 
-    def _is_active(self) -> bool:
-        return not self._stopped
-
     def __repr__(self) -> str:
         return "<HealthCheckHandle {!r} of {!r} every {}s..{}s{}>".format(
             self._check,
@@ -445,7 +442,7 @@ class Scheduler:
                     )
             if healthy and not handle._stopped:
                 handle._breaker._recover(
-                    started_under, handle.on_healthy == "close", handle._is_active
+                    started_under, handle.on_healthy == "close", lambda: handle.active
                 )
         finally:
             with self._locked():

@@ -14,10 +14,10 @@ Only a safe loader is used (plus a check for keys given twice, which a plain
 YAML loader would silently resolve to the last one).
 """
 
-import difflib
 import os
 from typing import Any, Dict, Mapping, Optional, Union
 
+from ._config import did_you_mean
 from ._errors import ConfigError
 from ._registry import Registry, resolve_registry
 
@@ -27,10 +27,10 @@ TOP_KEY = "circuit_breaker"
 PathOrMapping = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
 
-def load_config(source: PathOrMapping, registry: Optional[Registry] = None) -> Registry:
-    """Configure ``registry`` (default: ``cbsync.registry``) from ``source``.
+def load_config(path_or_mapping: PathOrMapping, registry: Optional[Registry] = None) -> Registry:
+    """Configure ``registry`` (default: ``cbsync.registry``) from ``path_or_mapping``.
 
-    ``source`` is the path of a YAML file (needs the ``yaml`` extra:
+    ``path_or_mapping`` is the path of a YAML file (needs the ``yaml`` extra:
     ``pip install 'cbsync[yaml]'``) or a mapping of the same shape: a top key
     ``circuit_breaker`` mapping profile names to settings.  Other top-level
     keys are left alone, so the section may live in an application's own
@@ -49,16 +49,16 @@ def load_config(source: PathOrMapping, registry: Optional[Registry] = None) -> R
     >>> registry.get("orders", profile="database").config.timeout
     10.0
     """
-    if isinstance(source, Mapping):
+    if isinstance(path_or_mapping, Mapping):
         label = "configuration mapping"
-        document: object = source
-    elif isinstance(source, (str, os.PathLike)):
-        label = os.fspath(source)
+        document: object = path_or_mapping
+    elif isinstance(path_or_mapping, (str, os.PathLike)):
+        label = os.fspath(path_or_mapping)
         document = _read_yaml(label)
     else:
         raise ConfigError(
             "load_config() needs a file path or a mapping, got {} {!r}".format(
-                type(source).__name__, source
+                type(path_or_mapping).__name__, path_or_mapping
             )
         )
     profiles = extract_profiles(document, label)
@@ -82,9 +82,7 @@ def extract_profiles(document: object, label: str) -> Dict[str, Any]:
             )
         )
     if TOP_KEY not in document:
-        keys = [key for key in document if isinstance(key, str)]
-        close = difflib.get_close_matches(TOP_KEY, keys, n=1)
-        hint = "; did you mean {!r}?".format(close[0]) if close else ""
+        hint = did_you_mean(TOP_KEY, (key for key in document if isinstance(key, str)))
         raise ConfigError(
             "{}: no {!r} key (top-level keys: {}){}".format(
                 label, TOP_KEY, ", ".join(repr(key) for key in document) or "none", hint

@@ -14,7 +14,6 @@ breaker, never once and for all, so that swapping it (as the pytest fixture
 for code decorated long before.
 """
 
-import difflib
 import sys
 import threading
 from typing import (
@@ -30,10 +29,10 @@ from typing import (
     Tuple,
 )
 
-from ._breaker import CircuitBreaker
-from ._config import FIELD_NAMES, CircuitBreakerConfig
+from ._breaker import CircuitBreaker, _check_listener
+from ._config import FIELD_NAMES, CircuitBreakerConfig, did_you_mean
 from ._errors import ConfigError
-from ._events import Listener
+from ._events import Listener, deliver
 from ._fork import ForkGuard
 from ._metrics import MetricsSnapshot
 
@@ -64,8 +63,7 @@ def normalize_settings(settings: Mapping[str, Any], where: str) -> Settings:
             )
         field = SYNONYMS.get(key, key)
         if field not in FIELD_NAMES:
-            close = difflib.get_close_matches(key, FIELD_NAMES + tuple(SYNONYMS), n=1)
-            hint = "; did you mean {!r}?".format(close[0]) if close else ""
+            hint = did_you_mean(key, FIELD_NAMES + tuple(SYNONYMS))
             raise ConfigError(
                 "{}: unknown setting {!r} (value {!r}){}".format(where, key, value, hint)
             )
@@ -132,12 +130,10 @@ class Registry:
             raise ConfigError("clock={!r} must be a callable returning seconds".format(clock))
         listeners = tuple(listeners)
         for listener in listeners:
-            if not isinstance(listener, Listener):
-                raise ConfigError(
-                    "listener {!r} must be an instance of cbsync.Listener".format(listener)
-                )
-        # Reentrant: a listener's on_attach runs while a breaker is created
-        # under this lock and may itself ask the registry for something.
+            _check_listener(listener)
+        # Guards profiles, breakers and listeners.  Held only for bookkeeping:
+        # no user code (a listener's on_attach, a store's bind) runs under it,
+        # so such code may hand work to another thread that uses the registry.
         self._lock_obj = threading.RLock()
         self._fork = ForkGuard(self._after_fork)
         self._profiles: Dict[str, Settings] = {}
@@ -221,28 +217,42 @@ class Registry:
         arguments that give a different configuration raises
         :class:`~cbsync.ConfigError`.  Safe to call from any thread: threads
         racing for a new name all get one breaker.
+
+        No listener and no store code runs under the registry's lock, so a
+        listener's ``on_attach`` or a store's ``bind`` may use the registry,
+        from any thread.  Racing threads may each build a breaker (the store's
+        ``bind`` then sees each); the first published is the one returned,
+        and the others are dropped before any listener sees them.
         """
         entry = self._breakers.get(name)
         if entry is not None and entry.profile == profile and entry.overrides == overrides:
             return entry.breaker
         settings = normalize_settings(overrides, "breaker {!r}".format(name))
-        with self._lock:
-            config = self._resolve(self._profiles, name, profile, settings)
-            entry = self._breakers.get(name)
-            if entry is not None:
-                if entry.breaker.config != config:
-                    raise ConfigError(
-                        "breaker {!r} already exists with another configuration ({}); give "
-                        "the same profile and settings each time, or use another name".format(
-                            name, _differences(entry.breaker.config, config)
-                        )
-                    )
-                return entry.breaker
-            breaker = CircuitBreaker(
-                name, config, clock=self._clock, listeners=self._listeners, store=self._store
-            )
-            self._breakers[name] = _Entry(breaker, profile, dict(overrides))
-            return breaker
+        while True:
+            with self._lock:
+                config = self._resolve(self._profiles, name, profile, settings)
+                entry = self._breakers.get(name)
+                if entry is not None:
+                    return _same_config(entry, config)
+            # Built without the lock, as the store's bind() runs in the
+            # constructor; threads racing for a new name may each build one.
+            candidate = CircuitBreaker(name, config, clock=self._clock, store=self._store)
+            with self._lock:
+                entry = self._breakers.get(name)
+                if entry is not None:
+                    # Another thread published first: this candidate, which no
+                    # listener has seen, is dropped.
+                    return _same_config(entry, config)
+                if self._resolve(self._profiles, name, profile, settings) != config:
+                    continue  # configure() changed the profiles meanwhile: build again
+                listeners = self._listeners
+                # Set before the breaker is published, so that no event of a
+                # call made through it is lost; on_attach follows, unlocked.
+                # Nothing else can reach the candidate yet, hence no breaker lock.
+                candidate._listeners = listeners
+                self._breakers[name] = _Entry(candidate, profile, dict(overrides))
+            deliver(listeners, [("on_attach", (candidate,))])
+            return candidate
 
     def __iter__(self) -> Iterator[str]:
         """The breakers' names, in the order they were created."""
@@ -269,18 +279,20 @@ class Registry:
 
     def add_listener(self, listener: Listener) -> None:
         """Add ``listener`` to every breaker, present and future."""
-        if not isinstance(listener, Listener):
-            raise ConfigError(
-                "listener {!r} must be an instance of cbsync.Listener".format(listener)
-            )
+        _check_listener(listener)
         with self._lock:
             if listener in self._listeners:
                 return
             self._listeners = (*self._listeners, listener)
+            # A breaker published after this point gets the listener from
+            # get(); these get it here, after the lock is released (on_attach
+            # is user code).  breaker.add_listener() ignores a listener it
+            # already has, so each breaker sees on_attach once.
             breakers = self._all()
-            # Under the lock, so a breaker created meanwhile gets it exactly once.
-            for breaker in breakers:
-                breaker.add_listener(listener)
+        for breaker in breakers:
+            if listener not in self._listeners:
+                break  # removed meanwhile by remove_listener()
+            breaker.add_listener(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         """Remove ``listener`` from the registry and its breakers.
@@ -335,6 +347,18 @@ class Registry:
         if chosen is not None:
             where += " (profile {!r})".format(chosen)
         return build_config(settings, where)
+
+
+def _same_config(entry: _Entry, config: CircuitBreakerConfig) -> CircuitBreaker:
+    """``entry``'s breaker, if ``config`` is its configuration; else a ``ConfigError``."""
+    if entry.breaker.config != config:
+        raise ConfigError(
+            "breaker {!r} already exists with another configuration ({}); give "
+            "the same profile and settings each time, or use another name".format(
+                entry.breaker.name, _differences(entry.breaker.config, config)
+            )
+        )
+    return entry.breaker
 
 
 def _overlay(base: Settings, top: Settings) -> Settings:

@@ -18,11 +18,10 @@ class State(enum.Enum):
 class OpenReason(NamedTuple):
     """Why a breaker changed state: a ``kind`` and the ``value`` behind it.
 
-    Kinds that open a circuit: ``"consecutive_failures"`` (value: the count),
-    ``"failure_rate"`` and ``"slow_call_rate"`` (value: the rate in the
-    window), ``"trial_failure"`` and ``"trial_slow_call"`` (a trial call in
-    HALF_OPEN failed or was slow; value: its elapsed seconds), ``"manual"``
-    (value: the reason given to ``trip()``) and ``"remote"`` (opened by another
+    Kinds that open a circuit: ``"consecutive_failures"`` (value: the count;
+    also a failed trial call in HALF_OPEN), ``"failure_rate"`` and
+    ``"slow_call_rate"`` (value: the rate in the window), ``"manual"`` (value:
+    the reason given to ``trip()``) and ``"remote"`` (opened by another
     process through a shared store; value: that process's reason).
 
     The other transitions carry a reason too: ``"open_period_elapsed"``,

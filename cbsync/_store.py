@@ -98,10 +98,31 @@ class StoreBinding:
         return calls, failures, slow, consecutive
 
     def changed(self, transition: LocalTransition) -> None:
-        """The breaker changed state by itself (lock held)."""
+        """The breaker changed state by itself (lock held).
+
+        Also called for a ``trip()`` of a breaker already FORCED_OPEN (``old``
+        and ``new`` both FORCED_OPEN: the trip, maybe its new reason, is for
+        the fleet).  DISABLED is local: a move to it is not for the fleet, and
+        a move from it to CLOSED (``reset()`` of a disabled breaker) means
+        "rejoin the fleet", whose state the breaker then adopts.  Any change
+        ends the current HALF_OPEN period: the trial permits of its calls
+        still running are to be given back now, since :meth:`trial_ended` is
+        only called for calls of the current period.
+        """
 
     def trial_ended(self, success: bool) -> None:
-        """A trial call admitted in the current HALF_OPEN period ended (lock held)."""
+        """A trial call admitted in the current HALF_OPEN period ended (lock held).
+
+        Never called for a call whose period ended while it ran (see :meth:`changed`).
+        """
+
+    def forked(self) -> None:
+        """The breaker is being rebuilt in a forked child (no lock held; no I/O).
+
+        Runs before the child's first locked operation on the breaker (right
+        after ``os.fork()``, or lazily where no at-fork hook runs): what the
+        breaker counts from here on is the child's.
+        """
 
     def request_trial(self) -> Optional[TrialVerdict]:
         """Ask the fleet for a trial permit (no lock; may do I/O).

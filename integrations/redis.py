@@ -26,7 +26,10 @@ The fleet's counts are as fresh as the last sync: a process opens on what it
 knew then plus its own unflushed calls, and the flush that takes the fleet
 over a threshold opens the circuit in Redis (the other processes follow at
 their next sync).  A process's calls before its first sync are decided on
-local state.
+local state.  A forked child's counts start at the fork (under uWSGI, whose
+fork runs no Python hook, at the child's first call that takes the
+breaker's lock: lock-free successes before it are not flushed), so the
+child flushes what it counted and never what its parent did.
 
 One thing only goes to Redis from a caller's thread, and never in CLOSED:
 asking for a trial permit once an OPEN period is over or while HALF_OPEN (one
@@ -50,7 +53,9 @@ server's clock (``TIME``), so hosts need not agree on the time; a breaker's
 ``retry_after`` is that period mapped onto its own clock.  ``trip()`` and
 ``reset()`` on any bound breaker act on the whole fleet, as do ``cbsync trip``
 and ``cbsync reset``.  ``disable()`` stays local: a DISABLED breaker ignores
-the fleet's state (its outcomes are still counted).
+the fleet's state (its outcomes are still counted), and its ``reset()``
+re-enables it alone -- it adopts the fleet's state at the next sync instead
+of closing the breaker everywhere.
 
 When Redis is down or slow
 --------------------------
@@ -66,7 +71,13 @@ doubling to :data:`MAX_BACKOFF`), and when Redis answers again the breakers
 resynchronise: transitions made meanwhile are published (compare-and-set
 against the version they last saw, so a reset done elsewhere wins), counts
 made meanwhile stay local, and a Redis that lost its data is given back each
-breaker's state.
+breaker's state.  A Redis error that concerns one breaker's keys (such as
+``WRONGTYPE``, when another program wrote a key under the prefix) is no
+outage: that breaker decides on local state and is logged (WARNING, at most
+once per :data:`ERROR_LOG_INTERVAL`), the others go on syncing.  A store
+whose background thread cannot be started ("can't start new thread") logs
+one WARNING and tries again with backoff; meanwhile nothing is synced in the
+background (``sync()`` still works) and no call ever fails for it.
 
 Keys
 ----
@@ -99,7 +110,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from cbsync import CircuitBreaker, ConfigError, OpenReason, State
@@ -126,6 +137,12 @@ MIN_SYNC_INTERVAL = 0.01
 MAX_SYNC_INTERVAL = 60.0
 
 _ERRORS = (RedisError, OSError)
+#: Error codes of replies that concern the server, not one breaker's keys.
+_SERVER_WIDE_CODES = frozenset(
+    ("BUSY", "MISCONF", "MASTERDOWN", "CLUSTERDOWN", "LOADING", "NOREPLICAS", "UNKILLABLE")
+)
+#: A breaker whose Redis keys keep failing is logged at most this often (seconds).
+ERROR_LOG_INTERVAL = 60.0
 _STATES = {state.value: state for state in State}
 
 # -- Lua -------------------------------------------------------------------------
@@ -391,6 +408,46 @@ def _reason(kind: object, value: object) -> OpenReason:
     return OpenReason(_text(kind) or "unknown", _decode(_text(value)))
 
 
+def _capped(calls: int, failures: int, slow: int, cap: int) -> Tuple[int, int, int]:
+    """``(calls, failures, slow)`` of a count-based window of ``cap`` calls (0: no cap).
+
+    The fleet's window is made of time buckets; a count-based breaker judges
+    at most its ``window_size`` latest calls, approximated by scaling the
+    failures and slow calls down in proportion.
+    """
+    if cap and calls > cap:
+        return cap, round(failures * cap / calls), round(slow * cap / calls)
+    return calls, failures, slow
+
+
+def _per_breaker(exc: BaseException) -> bool:
+    """Whether a Redis error concerns one breaker's keys, not the server as a whole.
+
+    A plain error reply (``WRONGTYPE`` on a key some other program wrote under
+    the prefix, a script error on data it cannot read) is that breaker's
+    problem; connection errors, timeouts and the replies redis-py gives a class
+    of their own (``READONLY``, ``OOM``, ``NOPERM``, ``NOSCRIPT``...) or that
+    say the server is unwell (``BUSY``, ``MISCONF``...) concern every breaker.
+    """
+    if type(exc) is not ResponseError:
+        return False
+    code = str(exc).split(" ", 1)[0]
+    return code not in _SERVER_WIDE_CODES
+
+
+def _counts_at_fork(breaker: CircuitBreaker) -> Tuple[int, int, int]:
+    """A breaker's ``(calls, failures, slow)`` totals, read without its lock.
+
+    What ``breaker._totals()`` returns, without folding the fast successes
+    (they are successes, never slow).  For the fork hooks, which must not
+    take a lock that may be a copy held by a thread of the parent: right
+    after ``os.fork()`` the child has one thread, so the read is exact.
+    """
+    failures = breaker._failures
+    calls = breaker._successes + len(breaker._pending) + failures
+    return calls, failures, breaker._slow_calls
+
+
 class _Reply(NamedTuple):
     remote: RemoteState
     origin: str
@@ -522,7 +579,8 @@ class _Binding(StoreBinding):
         self._marks = (0, 0, 0)
         #: Counts made while Redis was unreachable stay local: skip them.
         self._rebase = False
-        self._forked = False
+        #: The process whose counts ``_marks`` are (see _mark_fork()).
+        self._pid = os.getpid()
         #: Bumped whenever a close or reset starts a new window (see apply()).
         self._rebases = 0
         self._pubs: List[_Pub] = []
@@ -533,6 +591,8 @@ class _Binding(StoreBinding):
         self.shared = False
         #: The fleet refused a trial permit since the last sync: refuse without asking.
         self.refusing = False
+        #: When an error of this breaker's own keys was last logged (monotonic).
+        self._error_logged = -math.inf
 
     @property
     def breaker(self) -> Optional[CircuitBreaker]:
@@ -543,9 +603,7 @@ class _Binding(StoreBinding):
     def judged_counts(
         self, calls: int, failures: int, slow: int, consecutive: int
     ) -> Tuple[int, int, int, int]:
-        store = self._store
-        if store._thread is None:
-            store._start()
+        self._store._ensure_thread()
         breaker = self._breaker()
         if not self.shared or breaker is None:
             return calls, failures, slow, consecutive
@@ -561,15 +619,19 @@ class _Binding(StoreBinding):
         if new_calls == new_failures:
             # No success here since the last flush: the fleet's streak goes on.
             consecutive = fleet_consecutive + new_failures
-        cap = self._cap
-        if cap and calls > cap:
-            failures = round(failures * cap / calls)
-            slow = round(slow * cap / calls)
-            calls = cap
+        calls, failures, slow = _capped(calls, failures, slow, self._cap)
         return calls, failures, slow, consecutive
 
     def changed(self, transition: LocalTransition) -> None:
+        released = self._release_leases()
         if transition.new is State.DISABLED:
+            # disable() stays local: nothing to publish, only leases to give back.
+            if released:
+                self._store._wake_up()
+            return
+        if transition.old is State.DISABLED and transition.new is State.CLOSED:
+            self._rejoin()
+            self._store._wake_up()
             return
         if transition.new is State.CLOSED:
             self._new_window()
@@ -584,6 +646,65 @@ class _Binding(StoreBinding):
         else:
             self._pubs.append(pub)
         self._store._wake_up()
+
+    def forked(self) -> None:
+        # The breaker is rebuilt in a forked child, before it counts anything
+        # there: under uWSGI (no at-fork hook) this is the child's first locked
+        # call, earlier than the store could notice the fork by itself.
+        try:
+            self._mark_fork()
+            self._store._fork.check()
+        except Exception:  # never into the call that noticed the fork
+            logger.exception("cbsync: breaker %r could not rebuild its Redis link", self.name)
+
+    def _mark_fork(self) -> None:
+        """Start this breaker's counts afresh in a forked child (once per process).
+
+        What the parent counted is the parent's to flush, and so are its
+        leases, publications and trial successes; what the child counts from
+        now on is its own.  Runs from a fork hook (the store's or the
+        breaker's), while no thread of the child holds the breaker's lock.
+        """
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        self._pid = pid
+        breaker = self._breaker()
+        if breaker is not None:
+            self._marks = _counts_at_fork(breaker)
+        self._rebase = False
+        self.shared = False
+        self._pubs = []
+        self._leases = []
+        self._releases = []
+        self._trial_successes = 0
+
+    def _release_leases(self) -> bool:
+        """Give back every trial lease this breaker holds; whether it held any (lock held).
+
+        Leases belong to one HALF_OPEN period.  When it ends here (any local
+        transition: a trial failure reopening, ``disable()``, ``trip()``...)
+        or the fleet moves on, the calls still running are trials no more:
+        their outcome will not count as one, so their permits are released now
+        rather than when they end (they may never reach ``trial_ended``).
+        """
+        if not self._leases:
+            return False
+        self._releases.extend(self._leases)
+        self._leases = []
+        return True
+
+    def _rejoin(self) -> None:
+        """``reset()`` of a DISABLED breaker: take the fleet's state, do not impose ours.
+
+        The breaker is CLOSED here until the next sync, which adopts whatever
+        the fleet is in (an OPEN fleet stays OPEN).  Trips waiting to be
+        published still are; a local transition made before ``disable()``
+        no longer is.  ``reset()`` cleared the counts: flush from zero.
+        """
+        self._pubs = [pub for pub in self._pubs if pub.mode == "force"]
+        self._version = None
+        self._new_window()
 
     def trial_ended(self, success: bool) -> None:
         if self._leases:
@@ -611,7 +732,9 @@ class _Binding(StoreBinding):
                 and breaker.state is State.OPEN
             )
         self._version = version
-        self._leases = []
+        # A new version means a new period in Redis, where it already dropped the
+        # leases; releasing them again is harmless and never leaves one behind.
+        self._release_leases()
         self._trial_successes = 0
         if remote.state is State.CLOSED and known is not None:
             self._new_window()
@@ -654,10 +777,13 @@ class _Binding(StoreBinding):
             reply = store._acquire(self, lease)
             parsed = _parse(reply, store._origin)
         except _ERRORS as exc:
-            store._outage(exc)
+            if _per_breaker(exc):
+                self._failed(exc)
+            else:
+                store._outage(exc)
             return None
-        except Exception:
-            logger.exception("cbsync: unexpected error asking Redis for a trial permit")
+        except Exception as exc:  # a reply it cannot read: this breaker's keys
+            self._failed(exc)
             return None
         granted = bool(parsed.extra and parsed.extra[0])
         if not granted and parsed.remote.state is State.HALF_OPEN:
@@ -671,14 +797,6 @@ class _Binding(StoreBinding):
         breaker = self._breaker()
         if breaker is None:
             return None
-        if self._forked:
-            # The parent's leases, publications and unflushed counts are the parent's.
-            self._forked = False
-            self._rebase = True
-            self._pubs = []
-            self._leases = []
-            self._releases = []
-            self._trial_successes = 0
         calls, failures, slow, consecutive = breaker._totals()
         if self._rebase:
             self._rebase = False
@@ -765,25 +883,26 @@ class _Binding(StoreBinding):
         breaker = self._breaker()
         if breaker is None:
             return None
+        # Read the replies first: one this breaker cannot read changes nothing.
+        synced = _parse(sync_reply, store._origin)
+        published = _parse(pub_reply, store._origin) if pub_reply is not None else None
         if work.rebases == self._rebases:
             self._marks = work.totals
-        synced = _parse(sync_reply, store._origin)
         self.shared = not store._closed
-        remote = self._settle(work, pub_reply, synced)
+        remote = self._settle(work, published, synced)
         if work.rebases == self._rebases:
             # Counts of the window this breaker is in (not one a close ended).
             self._fleet = (synced.extra[0], synced.extra[1], synced.extra[2], synced.extra[3])
         return remote
 
     def _settle(
-        self, work: _Work, pub_reply: Optional[Sequence[Any]], synced: _Reply
+        self, work: _Work, published: Optional[_Reply], synced: _Reply
     ) -> Optional[RemoteState]:
         store = self._store
         breaker = self._breaker()
         if breaker is None:
             return None
-        if work.pub is not None and pub_reply is not None:
-            published = _parse(pub_reply, store._origin)
+        if work.pub is not None and published is not None:
             if self._pubs and self._pubs[0] is work.pub:
                 del self._pubs[0]
             if published.extra and published.extra[0]:
@@ -807,6 +926,27 @@ class _Binding(StoreBinding):
         if self.accept_remote(remote):
             return remote
         return None
+
+    def _failed(self, exc: BaseException) -> None:
+        """Redis refused this breaker's keys (not the server): log it, rate-limited.
+
+        Any thread; the breaker decides on local state meanwhile, and the other
+        breakers of the store are not affected.
+        """
+        now = time.monotonic()
+        if now - self._error_logged < ERROR_LOG_INTERVAL:
+            logger.debug("cbsync: breaker %r: Redis error again: %r", self.name, exc)
+            return
+        self._error_logged = now
+        logger.warning(
+            "cbsync: breaker %r cannot use its Redis keys %s (%s: %s); it decides on "
+            "local state until they work again (is something else writing under the "
+            "prefix?); the store's other breakers are not affected",
+            self.name,
+            ", ".join(self.keys),
+            type(exc).__name__,
+            exc,
+        )
 
 
 class RedisStore:
@@ -868,6 +1008,9 @@ class RedisStore:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        #: The thread could not be started: failures in a row, and when to try again.
+        self._start_failures = 0
+        self._start_retry_at = -math.inf
         self._origin = "{}:{}:{:06x}".format(
             socket.gethostname(), os.getpid(), random.getrandbits(24)
         )
@@ -885,8 +1028,7 @@ class RedisStore:
         had_thread = self._thread is not None
         self._reset_process_state()
         for binding in list(self._bindings):
-            binding._forked = True
-            binding.shared = False
+            binding._mark_fork()
         if had_thread and not self._closed:
             self._start()
 
@@ -927,10 +1069,14 @@ class RedisStore:
         Bound breakers go on working on local state.
         """
         self._closed = True
+        # In a child forked without at-fork hooks this forgets the parent's
+        # thread (it would look alive here, and never end).
+        self._fork.check()
         self._stop.set()
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            # (A thread that failed to start is not alive: nothing to wait for.)
             thread.join(timeout=2 * SOCKET_TIMEOUT + 1.0)
         for binding in self._live():
             binding.shared = False
@@ -1000,10 +1146,7 @@ class RedisStore:
     def _fleet_breaker(self, name: str, reply: Sequence[Any]) -> FleetBreaker:
         parsed = _parse(reply, "")
         calls, failures, slow, consecutive, leases, _, _, cap = parsed.extra[:8]
-        if cap and calls > cap:
-            failures = round(failures * cap / calls)
-            slow = round(slow * cap / calls)
-            calls = cap
+        calls, failures, slow = _capped(calls, failures, slow, cap)
         remote = parsed.remote
         return FleetBreaker(
             name=name,
@@ -1025,7 +1168,25 @@ class RedisStore:
 
     # -- the background thread and rounds ----------------------------------------------
 
+    def _ensure_thread(self) -> None:
+        """Start the background thread unless it runs in this process (never raises).
+
+        Called on a breaker's locked paths, so it must stay cheap: one
+        ``os.getpid()`` (a child forked without at-fork hooks, as under uWSGI,
+        still holds its parent's thread object: the fork check replaces it)
+        and, while no thread runs, one clock reading.
+        """
+        self._fork.check()
+        if self._thread is None and not self._closed and time.monotonic() >= self._start_retry_at:
+            self._start()
+
     def _start(self) -> None:
+        """Start the background thread; if the system refuses, log it and retry later.
+
+        Runs in a caller's thread, maybe under a breaker's lock: it never
+        raises (a "can't start new thread" must not fail the user's call).
+        Until a thread runs, counts stay local and ``sync()`` still works.
+        """
         with self._lock:
             if self._thread is not None or self._closed:
                 return
@@ -1035,13 +1196,36 @@ class RedisStore:
                 name="cbsync-redis-sync",
                 daemon=True,
             )
+            # Claimed before it starts, so that two callers never start two threads.
             self._thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except Exception as exc:  # RuntimeError: can't start new thread
+            with self._lock:
+                if self._thread is thread:
+                    self._thread = None
+                self._start_failures += 1
+                failures = self._start_failures
+                delay = min(self.sync_interval * 2 ** min(failures - 1, 16), MAX_BACKOFF)
+                self._start_retry_at = time.monotonic() + delay
+            if failures == 1:
+                logger.warning(
+                    "cbsync: Redis store %r could not start its background sync thread "
+                    "(%s: %s); nothing is synced in the background until it starts "
+                    "(retrying with backoff)",
+                    self,
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                logger.debug("cbsync: Redis store %r still cannot start its thread: %s", self, exc)
+            return
+        if self._start_failures:
+            self._start_failures = 0
+            logger.info("cbsync: Redis store %r started its background sync thread", self)
 
     def _wake_up(self) -> None:
-        if self._thread is None:
-            self._fork.check()
-            self._start()
+        self._ensure_thread()
         self._wake.set()
 
     def _next_wait(self) -> float:
@@ -1096,7 +1280,11 @@ class RedisStore:
                         holder.append(work)
                     return None
 
-                breaker._synchronise(collect)
+                try:
+                    breaker._synchronise(collect)
+                except Exception as exc:  # one breaker's trouble: the others still sync
+                    binding._failed(exc)
+                    continue
                 works.extend(holder)
             if not works:
                 return self._connected
@@ -1110,6 +1298,13 @@ class RedisStore:
             self._recovered()
             for work, (pub_reply, sync_reply) in zip(works, replies):
                 binding = work.binding
+                error = next(
+                    (r for r in (pub_reply, sync_reply) if isinstance(r, BaseException)), None
+                )
+                if error is not None:
+                    binding._failed(error)
+                    self._restore(work, partly_sent=True)
+                    continue
 
                 def apply(
                     work: _Work = work, pub_reply: Any = pub_reply, sync_reply: Any = sync_reply
@@ -1118,22 +1313,44 @@ class RedisStore:
 
                 breaker = binding.breaker
                 if breaker is not None:
-                    breaker._synchronise(apply)
+                    try:
+                        breaker._synchronise(apply)
+                    except Exception as exc:  # a reply it cannot read: its keys are bad
+                        binding._failed(exc)
+                        self._restore(work, partly_sent=True)
             return True
 
     @staticmethod
-    def _restore(work: _Work) -> None:
-        breaker = work.binding.breaker
+    def _restore(work: _Work, partly_sent: bool = False) -> None:
+        """A round did not go through for ``work``: keep what it would have sent.
+
+        ``partly_sent``: Redis ran the scripts but a reply was an error or could
+        not be read (a Lua script's writes before an error stay), so the
+        round's counts and trial successes may be in Redis already: they are
+        not sent again (lost rather than counted twice); releases are.
+        """
+        binding = work.binding
+        breaker = binding.breaker
         if breaker is not None:
 
             def update() -> Optional[RemoteState]:
-                work.binding.restore(work)
+                if partly_sent:
+                    binding._releases[:0] = work.releases
+                    binding._rebase = True
+                    binding.shared = False
+                else:
+                    binding.restore(work)
                 return None
 
             breaker._synchronise(update)
 
-    def _exchange(self, works: List[_Work]) -> List[Tuple[Optional[Sequence[Any]], Sequence[Any]]]:
-        """Send every work in one pipelined round trip; raise on any Redis error."""
+    def _exchange(self, works: List[_Work]) -> List[Tuple[Any, Any]]:
+        """Send every work in one pipelined round trip: ``(pub reply, sync reply)`` each.
+
+        Raises on an error that concerns the server (an outage); an error reply
+        that concerns one breaker's keys (see :func:`_per_breaker`) is returned
+        in place of that reply, for that breaker alone.
+        """
         client = self._client
         if not self._scripts_loaded:
             pipe = client.pipeline(transaction=False)
@@ -1158,9 +1375,9 @@ class RedisStore:
                 continue
             break
         for result in results:
-            if isinstance(result, Exception):
+            if isinstance(result, Exception) and not _per_breaker(result):
                 raise result
-        replies: List[Tuple[Optional[Sequence[Any]], Sequence[Any]]] = []
+        replies: List[Tuple[Any, Any]] = []
         position = 0
         for work in works:
             pub_reply = None

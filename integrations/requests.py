@@ -221,7 +221,9 @@ class CircuitBreakerAdapter(HTTPAdapter):
     a ``PreparedRequest`` to a breaker name (default :func:`origin`).
     ``failure_statuses`` are the response statuses that count as failures
     (default 429 and 500-599).  ``pool_connections``, ``pool_maxsize``,
-    ``max_retries`` and ``pool_block`` are ``HTTPAdapter``'s.
+    ``max_retries`` and ``pool_block`` are ``HTTPAdapter``'s, in its order,
+    by position or by keyword (``CircuitBreakerAdapter(10, 20)`` works like
+    ``HTTPAdapter(10, 20)``); the cbsync options are keyword-only.
 
     Safe to share between threads, like the ``Session`` it is mounted on.
 
@@ -251,15 +253,15 @@ class CircuitBreakerAdapter(HTTPAdapter):
 
     def __init__(
         self,
+        pool_connections: int = DEFAULT_POOLSIZE,
+        pool_maxsize: int = DEFAULT_POOLSIZE,
+        max_retries: Union[Retry, int, None] = DEFAULT_RETRIES,
+        pool_block: bool = DEFAULT_POOLBLOCK,
         *,
         registry: Optional[Registry] = None,
         profile: Optional[str] = DEFAULT_PROFILE,
         key: Optional[Callable[[PreparedRequest], str]] = None,
         failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
-        pool_connections: int = DEFAULT_POOLSIZE,
-        pool_maxsize: int = DEFAULT_POOLSIZE,
-        max_retries: Union[Retry, int, None] = DEFAULT_RETRIES,
-        pool_block: bool = DEFAULT_POOLBLOCK,
     ) -> None:
         if registry is not None and not isinstance(registry, Registry):
             raise ConfigError("registry={!r} must be a cbsync.Registry or None".format(registry))

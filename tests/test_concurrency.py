@@ -225,3 +225,62 @@ def test_listeners_calling_the_breaker_under_threads():
     run_threads(work)
     snapshot = breaker.snapshot()
     assert snapshot.successes + snapshot.failures == THREADS * 200
+
+
+def test_one_guard_object_shared_by_threads():
+    """A guard kept in a variable and entered by many threads keeps each thread's permit."""
+    clock_now = [0.0]
+    breaker = cbsync.CircuitBreaker(
+        "shared-guard",
+        clock=lambda: clock_now[0],
+        failure_threshold=1,
+        half_open_max_calls=THREADS,
+        success_threshold=10**6,
+    )
+    with pytest.raises(OSError):
+        breaker.call(fail())
+    clock_now[0] = 30.0
+    guard = breaker.guard()
+    inside = threading.Barrier(THREADS)
+
+    def work(index, barrier):
+        barrier.wait(WAIT)
+        for _ in range(50):
+            with guard:
+                inside.wait(WAIT)  # every thread holds a permit at once
+
+    run_threads(work)
+    assert breaker.state is State.HALF_OPEN
+    # Every permit came back: a full set of trials can be admitted again.
+    with guard, guard:
+        pass
+    assert breaker.snapshot().successes == THREADS * 50 + 2
+
+
+def test_shared_guard_keeps_permits_apart(clock):
+    """A thread leaving a shared guard settles its own permit, not another thread's."""
+    breaker = cbsync.CircuitBreaker("apart", clock=clock, failure_threshold=1, success_threshold=1)
+    guard = breaker.guard()
+    entered, leave = threading.Event(), threading.Event()
+
+    def closed_call():
+        with guard:  # admitted while CLOSED
+            entered.set()
+            assert leave.wait(WAIT)
+
+    thread = threading.Thread(target=closed_call)
+    thread.start()
+    try:
+        assert entered.wait(WAIT)
+        with pytest.raises(OSError):
+            breaker.call(fail())
+        clock.advance(30)
+        guard.__enter__()  # this thread's trial permit, in HALF_OPEN
+        leave.set()
+        thread.join(WAIT)  # the stale CLOSED call ends: no trial success
+        assert breaker.state is State.HALF_OPEN
+        guard.__exit__(None, None, None)  # the trial succeeds
+        assert breaker.state is State.CLOSED
+    finally:
+        leave.set()
+        thread.join(WAIT)

@@ -7,6 +7,7 @@ import pytest
 
 import cbsync
 from cbsync import CircuitBreakerConfig, ConfigError
+from cbsync._config import did_you_mean
 
 
 def test_defaults_are_the_seeds():
@@ -184,6 +185,20 @@ def test_unknown_field_without_a_close_match():
     """A field like nothing known is still named."""
     with pytest.raises(ConfigError, match=r"unknown circuit breaker setting 'colour'$"):
         CircuitBreakerConfig(colour="red")
+
+
+@pytest.mark.parametrize(
+    ("word", "candidates", "hint"),
+    [
+        ("timeuot", ("timeout", "window_size"), "; did you mean 'timeout'?"),
+        ("colour", ("timeout", "window_size"), ""),
+        ("x", (), ""),
+        ("sned", iter(["send", "store"]), "; did you mean 'send'?"),
+    ],
+)
+def test_did_you_mean_is_the_one_spelling_hint(word, candidates, hint):
+    """did_you_mean() gives the hint every error message appends, or nothing."""
+    assert did_you_mean(word, candidates) == hint
 
 
 def test_minimum_calls_must_fit_a_count_window():

@@ -149,3 +149,30 @@ def test_bad_arguments(kwargs, message):
     with pytest.raises(cbsync.ConfigError) as info:
         cbsync.guard(Resource(), **arguments)
     assert str(info.value) == message
+
+
+def test_health_check_handle_is_exposed_and_stops():
+    """__cbsync_health_check__ holds the health check's handle; stop() unregisters it."""
+    breaker = cbsync.CircuitBreaker("res")
+    resource = Resource()
+    resource.health_check = "the resource's own attribute"
+    resource.stop = lambda: "the resource's own stop"
+
+    def ping():
+        return True
+
+    proxy = cbsync.guard(resource, breaker, health_check=ping)
+    handle = proxy.__cbsync_health_check__
+    try:
+        assert handle.check is ping
+        assert handle.breaker is breaker
+        assert handle.active
+        assert breaker._health_checks == (handle,)
+        assert proxy.health_check == "the resource's own attribute"
+        assert proxy.stop() == "the resource's own stop"
+        assert not hasattr(resource, "__cbsync_health_check__")
+    finally:
+        handle.stop()
+    assert not handle.active
+    assert breaker._health_checks == ()
+    assert cbsync.guard(Resource(), breaker).__cbsync_health_check__ is None

@@ -1,5 +1,6 @@
 """Tests for cbsync.load_config: YAML files and mappings of profiles."""
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -260,7 +261,24 @@ def test_mapping_errors_name_the_mapping():
     )
 
 
-def test_wrong_source_type():
+def test_first_argument_is_path_or_mapping(tmp_path):
+    """The first parameter is named path_or_mapping, as the contract says."""
+    assert list(inspect.signature(cbsync.load_config).parameters) == [
+        "path_or_mapping",
+        "registry",
+    ]
+    registry = cbsync.load_config(
+        path_or_mapping={"circuit_breaker": {"database": {"failure_threshold": 3}}},
+        registry=cbsync.Registry(),
+    )
+    assert registry.get("database").config.failure_threshold == 3
+    from_file = cbsync.load_config(
+        path_or_mapping=write(tmp_path, SEED_YAML), registry=cbsync.Registry()
+    )
+    assert from_file.profiles == ("default", "database", "http_service")
+
+
+def test_wrong_argument_type():
     """Something neither a path nor a mapping is a ConfigError."""
     with pytest.raises(cbsync.ConfigError, match="needs a file path or a mapping, got int 3"):
         cbsync.load_config(3)  # type: ignore[arg-type]

@@ -171,15 +171,47 @@ def test_undo_before_import_cancels(breaker_registry, module_name):
     assert len(breaker_registry) == 0
 
 
-def test_bad_path_in_a_later_import_raises_there(module_name):
-    """A path that does not exist fails the import that would apply it."""
-    cbsync.patch(module_name + ":Client.sned")
-    with pytest.raises(cbsync.ConfigError) as info:
-        importlib.import_module(module_name)
-    assert str(info.value) == (
-        "cbsync.patch('{0}:Client.sned'): '{0}.Client' has no attribute 'sned'; "
-        "did you mean 'send'?".format(module_name)
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("Client.sned", "'{m}.Client' has no attribute 'sned'; did you mean 'send'?"),
+        ("charg", "module '{m}' has no attribute 'charg'; did you mean 'charge'?"),
+        ("CONSTANT", "'{m}.CONSTANT' is 3, not a function"),
+    ],
+)
+def test_bad_path_in_a_later_import_is_logged_and_the_import_works(
+    breaker_registry, module_name, caplog, path, message
+):
+    """A bad path applied at import is logged at ERROR; the module imports unpatched."""
+    target = "{}:{}".format(module_name, path)
+    handle = cbsync.patch(target)
+    with caplog.at_level(logging.DEBUG, logger="cbsync"):
+        module = importlib.import_module(module_name)
+    assert sys.modules[module_name] is module
+    assert not handle.applied
+    assert module.charge(1) == ("charged", 1, "EUR")
+    assert not isinstance(vars(module.Client)["send"], wrapt.FunctionWrapper)
+    records = [record for record in caplog.records if record.name == "cbsync"]
+    assert [record.levelno for record in records] == [logging.ERROR]
+    assert records[0].getMessage() == (
+        "cbsync.patch({!r}): {} -- module {!r} was imported without this patch".format(
+            target, message.format(m=module_name), module_name
+        )
     )
+    assert records[0].exc_info is None
+    assert len(breaker_registry) == 0
+    handle.undo()
+
+
+def test_a_later_import_still_applies_other_patches_after_a_bad_one(breaker_registry, module_name):
+    """A bad pending patch does not stop a good one on the same module."""
+    bad = cbsync.patch(module_name + ":Client.sned")
+    good = cbsync.patch(module_name + ":charge")
+    module = importlib.import_module(module_name)
+    assert (bad.applied, good.applied) == (False, True)
+    assert module.charge(2) == ("charged", 2, "EUR")
+    assert breaker_registry.get(module_name + ".charge").snapshot().successes == 1
+    good.undo()
 
 
 @pytest.mark.parametrize(

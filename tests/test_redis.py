@@ -259,6 +259,113 @@ def test_a_dead_holders_trial_permit_expires(stores):
     assert time.monotonic() - started >= 0.5  # it was held until the lease ran out
 
 
+def test_a_trial_permit_is_given_back_when_its_period_ends_during_the_call(stores):
+    """disable() during a trial call frees its fleet-wide permit: others get their trial."""
+    first, second = stores(60), stores(60)
+    config = {"failure_threshold": 1, "timeout": 0.2, "half_open_max_calls": 1}
+    one = cbsync.CircuitBreaker("svc", store=first, **config)
+    two = cbsync.CircuitBreaker("svc", store=second, **config)
+    assert first.sync()
+    assert second.sync()
+    failures(one, 1)
+    first.sync()
+    second.sync()
+    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    with one.guard():  # the fleet's only trial permit ...
+        assert first.fleet_status()[0].trial_calls == 1
+        one.disable()  # ... whose HALF_OPEN period ends here while the call runs
+    first.sync()
+    first.sync()  # a lease still held would be renewed by these rounds
+    assert first.fleet_status()[0].trial_calls == 0
+    second.sync()
+    assert two.call(ok) == "ok"
+    assert two.state is State.HALF_OPEN
+
+
+def test_reset_of_a_disabled_breaker_adopts_the_fleet_state(stores):
+    """Re-enabling one process leaves an OPEN fleet OPEN; its calls count for the fleet again."""
+    first, second = stores(60), stores(60)
+    config = {"failure_threshold": 1, "timeout": "30s"}
+    one = cbsync.CircuitBreaker("svc", store=first, **config)
+    two = cbsync.CircuitBreaker("svc", store=second, **config)
+    assert first.sync()
+    assert second.sync()
+    failures(one, 1)
+    first.sync()
+    second.sync()
+    two.disable()
+    second.sync()
+    assert two.state is State.DISABLED
+    two.reset()
+    assert two.state is State.CLOSED  # here, until the next sync tells it the fleet's state
+    second.sync()
+    first.sync()
+    assert (one.state, two.state) == (State.OPEN, State.OPEN)
+    assert last_reason(two) == OpenReason("remote", "consecutive_failures=1")
+    [row] = first.fleet_status()
+    assert (row.state, row.reason) == (State.OPEN, OpenReason("consecutive_failures", 1))
+    # A fleet that is CLOSED stays so, and the rejoined process's calls are flushed.
+    one.reset()
+    first.sync()
+    second.sync()
+    two.disable()
+    for _ in range(3):
+        two.call(ok)
+    second.sync()  # counts made while DISABLED are still the fleet's
+    two.reset()  # clears the local counts: the next flush starts from zero
+    two.call(ok)
+    second.sync()
+    assert two.state is State.CLOSED
+    assert first.fleet_status()[0].window_calls == 4
+
+
+def test_a_second_trip_publishes_its_reason(stores):
+    """trip() on a FORCED_OPEN breaker is for the fleet too: new reason, and re-forces it."""
+    first, second = stores(60), stores(60)
+    one = cbsync.CircuitBreaker("svc", store=first)
+    two = cbsync.CircuitBreaker("svc", store=second)
+    assert first.sync()
+    assert second.sync()
+    one.trip("deploy")
+    first.sync()
+    second.sync()
+    assert rejection(two).reason == OpenReason("manual", "deploy")
+    one.trip("incident 7")
+    first.sync()
+    second.sync()
+    assert rejection(two).reason == OpenReason("manual", "incident 7")
+    assert first.fleet_status()[0].reason == OpenReason("manual", "incident 7")
+    second.reset("svc")  # the fleet closes; the first process has not synced yet ...
+    one.trip("still broken")  # ... and trips again: the trip wins, everywhere
+    first.sync()
+    second.sync()
+    assert (one.state, two.state) == (State.FORCED_OPEN, State.FORCED_OPEN)
+    assert rejection(two).reason == OpenReason("manual", "still broken")
+
+
+def test_a_count_based_window_shows_at_most_window_size_fleet_calls(stores):
+    """The fleet's time buckets are scaled down to window_size calls for a count-based window."""
+    first, second = stores(60), stores(60)
+    config = {
+        "window_type": "count_based",
+        "window_size": 10,
+        "failure_threshold": None,
+        "failure_rate_threshold": 0.9,
+    }
+    one = cbsync.CircuitBreaker("svc", store=first, **config)
+    two = cbsync.CircuitBreaker("svc", store=second, **config)
+    assert first.sync()
+    assert second.sync()
+    for _ in range(12):
+        one.call(ok)
+    first.sync()
+    failures(two, 8)  # 20 fleet calls, 8 failures: judged as 10 calls, 4 failures
+    second.sync()
+    [row] = first.fleet_status()
+    assert (row.window_calls, row.window_failure_rate) == (10, 0.4)
+    assert two.state is State.CLOSED
+
+
 # -- keys, construction and configuration ------------------------------------------
 
 
@@ -489,6 +596,107 @@ def test_a_stalled_redis_costs_a_call_at_most_one_timeout(server, caplog):
     store.close()
 
 
+def test_one_breakers_broken_keys_do_not_stop_the_others(stores, caplog):
+    """WRONGTYPE on one breaker's key is no outage: the others sync; one warning, rate-limited."""
+    caplog.set_level(logging.INFO, logger="cbsync")
+    store, operator = stores(60), stores(60)
+    bad = cbsync.CircuitBreaker("bad", store=store, failure_threshold=2)
+    good = cbsync.CircuitBreaker("good", store=store)
+    stores.client().set(stores.prefix + "s:bad", "another program's string")
+    assert store.sync()  # Redis answered: one breaker's keys are not an outage
+    operator.trip("good", "still synced")
+    assert store.sync()
+    assert good.state is State.FORCED_OPEN
+    failures(bad, 2)  # the broken one decides on local state
+    assert bad.state is State.OPEN
+    assert store.sync()
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING and "Redis" in r.msg]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    message = records[0].getMessage()
+    assert "'bad'" in message
+    assert "WRONGTYPE" in message
+    assert "unreachable" not in message
+
+
+def test_a_reply_that_cannot_be_read_concerns_its_breaker_only(stores, caplog):
+    """A state hash garbled by another program: trial request and sync isolate that breaker."""
+    caplog.set_level(logging.INFO, logger="cbsync")
+    store, operator = stores(60), stores(60)
+    bad = cbsync.CircuitBreaker("bad", store=store, failure_threshold=1, timeout=0.2)
+    good = cbsync.CircuitBreaker("good", store=store)
+    assert store.sync()
+    failures(bad, 1)
+    assert store.sync()
+    stores.client().hset(stores.prefix + "s:bad", "st", "garbled")
+    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    assert bad.call(ok) == "ok"  # the trial request fails: decided locally
+    operator.trip("good", "still synced")
+    assert store.sync()
+    assert good.state is State.FORCED_OPEN
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING and "Redis" in r.msg]
+    assert [r.levelno for r in records] == [logging.WARNING], [r.getMessage() for r in records]
+    assert "'bad'" in records[0].getMessage()
+
+
+def _refuse_sync_threads(monkeypatch: Any, refused: threading.Event) -> List[str]:
+    """Make starting a store's thread fail as on a system out of threads, while ``refused``."""
+    attempts: List[str] = []
+    start = threading.Thread.start
+
+    def refusing_start(thread: threading.Thread) -> None:
+        if thread.name == "cbsync-redis-sync" and refused.is_set():
+            attempts.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refusing_start)
+    return attempts
+
+
+def test_a_sync_thread_that_cannot_start_never_fails_a_call(stores, monkeypatch, caplog):
+    """ "can't start new thread": calls work, one warning, not retried per call; close() works."""
+    caplog.set_level(logging.INFO, logger="cbsync")
+    refused = threading.Event()
+    refused.set()
+    attempts = _refuse_sync_threads(monkeypatch, refused)
+    store = stores(1.0)  # the first retry waits one sync_interval
+    breaker = cbsync.CircuitBreaker(
+        "svc", store=store, failure_threshold=3, failure_rate_threshold=None
+    )
+    failures(breaker, 2)  # each one is judged: each asks for the thread
+    assert breaker.call(ok) == "ok"
+    failures(breaker, 3)
+    assert breaker.state is State.OPEN
+    assert len(attempts) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [message for message in warnings if "Redis" in message]
+    assert len(warnings) == 1
+    assert "can't start new thread" in warnings[0]
+    assert store.sync()  # an explicit sync needs no thread
+    store.close()
+
+
+def test_a_sync_thread_that_could_not_start_is_started_later(stores, monkeypatch):
+    """After a refused start the thread is tried again with backoff, and then syncs."""
+    refused = threading.Event()
+    refused.set()
+    attempts = _refuse_sync_threads(monkeypatch, refused)
+    store = stores(0.05)
+    breaker = cbsync.CircuitBreaker("svc", store=store, failure_threshold=1000)
+    failures(breaker, 1)
+    assert len(attempts) == 1
+    refused.clear()
+
+    def started() -> bool:
+        failures(breaker, 1)  # a judged call asks for the thread again
+        return store._thread is not None and store._thread.is_alive()
+
+    wait_until(started, message="the thread to be started again")
+    wait_until(lambda: breaker._binding.shared, message="the thread's first sync")
+    store.close()
+    assert not store._thread.is_alive()
+
+
 # -- processes ----------------------------------------------------------------------
 
 
@@ -628,3 +836,119 @@ def _collect(results: Any, command: str, count: int, timeout: float = 20) -> Lis
         assert kind == command, (index, kind, answer)
         answers.append((index, answer))
     return answers
+
+
+def _run_script(script: str, stores: Stores, cwd: Any) -> str:
+    result = subprocess.run(
+        # Python 3.12+ warns when a process with threads forks: that is the point here.
+        [
+            sys.executable,
+            "-W",
+            "ignore::DeprecationWarning",
+            "-c",
+            textwrap.dedent(script),
+            stores.url,
+            stores.prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,  # the installed cbsync, not the source tree's
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_forked_childs_calls_before_its_first_sync_count_for_the_fleet(stores, tmp_path):
+    """The child's unflushed counts start at the fork: none of its early calls is lost."""
+    script = """
+        import os, sys
+        import cbsync
+        from cbsync.integrations.redis import RedisStore
+
+        url, prefix = sys.argv[1], sys.argv[2]
+        store = RedisStore(url, prefix=prefix, sync_interval=60)
+        breaker = cbsync.CircuitBreaker(
+            "svc", store=store, failure_threshold=None, failure_rate_threshold=None
+        )
+        assert store.sync()  # no call yet, so no background thread to copy
+
+        def boom():
+            raise OSError("down")
+
+        pid = os.fork()
+        if pid == 0:
+            # The first of these starts the child's thread, whose first round
+            # runs right after it: the child's counts must start at the fork.
+            for _ in range(3):
+                try:
+                    breaker.call(boom)
+                except OSError:
+                    pass
+            store.sync()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        for _ in range(2):
+            breaker.call(lambda: None)
+        store.sync()
+        [row] = RedisStore(url, prefix=prefix).fleet_status()
+        print(row.window_calls, row.window_failure_rate)
+        """
+    assert _run_script(script, stores, tmp_path) == "5 0.6"
+
+
+def test_a_child_forked_without_at_fork_hooks_syncs_by_itself(stores, tmp_path):
+    """fork() from C, as uWSGI does: the child's store notices and starts its own thread."""
+    script = """
+        import ctypes, os, sys, time
+        import cbsync
+        from cbsync.integrations.redis import RedisStore
+
+        url, prefix = sys.argv[1], sys.argv[2]
+        store = RedisStore(url, prefix=prefix, sync_interval=60)
+        breaker = cbsync.CircuitBreaker(
+            "svc", store=store, failure_threshold=3, failure_rate_threshold=None
+        )
+        idle = RedisStore(url, prefix=prefix, sync_interval=60)
+        other = cbsync.CircuitBreaker("idle", store=idle)
+        breaker.call(lambda: None)  # each first call starts its store's background thread,
+        other.call(lambda: None)  # whose first round runs at once; then it waits 60 s
+        deadline = time.monotonic() + 10
+        while not (breaker._binding.shared and other._binding.shared):
+            assert time.monotonic() < deadline, "no first sync"
+            time.sleep(0.01)
+        # A thread running at a fork from C can leave the child without a usable
+        # GIL (as under uWSGI): fork while both threads wait.
+        time.sleep(0.1)  # real time: let both threads settle into their 60 s wait
+
+        def boom():
+            raise OSError("down")
+
+        read, write = os.pipe()
+        # libc's fork: no os.register_at_fork hook runs (PyDLL keeps the GIL held).
+        pid = ctypes.PyDLL(None).fork()
+        if pid == 0:
+            for _ in range(3):
+                try:
+                    breaker.call(boom)  # the third opens it: only a live thread publishes
+                except OSError:
+                    pass
+            observer = RedisStore(url, prefix=prefix)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = {row.name: row for row in observer.fleet_status()}["svc"]
+                if row.state is cbsync.State.OPEN:
+                    break
+                time.sleep(0.01)
+            started = time.monotonic()
+            idle.close()  # the parent's thread object is no thread of this child's
+            took = time.monotonic() - started
+            report = "{} {} {}".format(row.state.value, row.window_calls, took < 0.5)
+            os.write(write, report.encode())
+            os._exit(0)
+        print(os.read(read, 100).decode())
+        os.waitpid(pid, 0)
+        """
+    if not sys.platform.startswith("linux"):
+        pytest.skip("fork() through ctypes is exercised on Linux only")
+    assert _run_script(script, stores, tmp_path) == "open 4 True"

@@ -1,11 +1,13 @@
 """Tests for cbsync.Registry and the process-wide default registry."""
 
 import threading
+import weakref
 
 import pytest
 
 import cbsync
 from cbsync import _registry
+from cbsync._store import StoreBinding
 from cbsync.testing import FakeClock
 
 PROFILES = {
@@ -228,6 +230,134 @@ def test_racing_threads_get_one_breaker():
     assert listener.attached == 1
 
 
+#: Seconds a test waits at most for a helper thread (never reached when all is well).
+JOIN = 5.0
+
+
+def get_in_another_thread(registry, name):
+    """``registry.get(name)`` from a new thread; the breaker, or None if it did not
+    return within JOIN seconds (it then blocks on something this thread holds)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(registry.get(name)), daemon=True)
+    thread.start()
+    thread.join(timeout=JOIN)
+    return result[0] if result else None
+
+
+class HandsOffAttach(Recorder):
+    """on_attach hands work to another thread: fetch this breaker and call it."""
+
+    def __init__(self, registry) -> None:
+        super().__init__()
+        self.registry = registry
+        self.seen = []
+
+    def on_attach(self, breaker):
+        super().on_attach(breaker)
+        done = threading.Event()
+
+        def work():
+            same = self.registry.get(breaker.name)
+            with pytest.raises(DownError):
+                same.call(fail)
+            if not breaker.name.endswith("-sibling"):
+                self.registry.get(breaker.name + "-sibling")  # a new name: takes the lock
+            done.set()
+
+        threading.Thread(target=work, daemon=True).start()
+        finished = done.wait(JOIN)
+        # The failure made while on_attach still runs reaches this listener too.
+        self.seen.append((breaker.name, finished, breaker.name in self.failures))
+
+
+def test_on_attach_in_get_may_use_the_registry_from_another_thread():
+    """get() runs no listener under the registry lock: on_attach can hand work to a thread."""
+    registry = cbsync.Registry()
+    listener = HandsOffAttach(registry)
+    registry.add_listener(listener)
+    breaker = registry.get("payments")
+    assert sorted(listener.seen) == [("payments", True, True), ("payments-sibling", True, True)]
+    assert breaker.snapshot().failures == 1
+    assert registry.get("payments") is breaker
+    assert list(registry) == ["payments", "payments-sibling"]
+
+
+def test_on_attach_in_add_listener_may_use_the_registry_from_another_thread():
+    """add_listener() runs no on_attach under the registry lock."""
+    registry = cbsync.Registry()
+    breaker = registry.get("payments")
+    listener = HandsOffAttach(registry)
+    registry.add_listener(listener)
+    assert sorted(listener.seen) == [("payments", True, True), ("payments-sibling", True, True)]
+    assert breaker.snapshot().failures == 1
+
+
+class HandsOffStore:
+    """A store whose bind() asks the registry for another breaker from a thread."""
+
+    def __init__(self) -> None:
+        self.registry = None
+        self.answers = {}
+
+    def bind(self, breaker):
+        if breaker.name == "main":
+            other = get_in_another_thread(self.registry, "side")
+            self.answers[breaker.name] = other is not None
+        return StoreBinding()
+
+
+def test_store_bind_may_use_the_registry_from_another_thread():
+    """A store's bind() does not run under the registry lock."""
+    store = HandsOffStore()
+    registry = cbsync.Registry(store=store)
+    store.registry = registry
+    breaker = registry.get("main")
+    assert store.answers == {"main": True}
+    assert list(registry) == ["side", "main"]
+    assert registry.get("main") is breaker
+
+
+def test_a_breaker_that_loses_the_race_is_dropped_unseen():
+    """Two builders of one name: the first published wins; listeners never see the other."""
+    built = []
+    from_thread = []
+
+    class RacingStore:
+        def bind(self, breaker):
+            built.append(weakref.ref(breaker))
+            if len(built) == 1:  # the other thread builds and publishes meanwhile
+                from_thread.append(get_in_another_thread(registry, breaker.name))
+            return StoreBinding()
+
+    listener = Recorder()
+    registry = cbsync.Registry(store=RacingStore(), listeners=[listener])
+    breaker = registry.get("x")
+    assert from_thread == [breaker]
+    assert len(built) == 2
+    assert built[1]() is breaker
+    assert built[0]() is None  # the loser is garbage already
+    assert listener.attached == ["x"]
+    assert len(registry) == 1
+
+
+def test_configure_while_a_breaker_is_built_is_not_lost():
+    """A breaker built from profiles that configure() changed meanwhile is rebuilt."""
+    changed = []
+
+    class Reconfiguring:
+        def bind(self, breaker):
+            if not changed:  # stands for another thread's configure() at this moment
+                changed.append(breaker.config.failure_threshold)
+                registry.configure({"database": {"failure_threshold": 4}})
+            return StoreBinding()
+
+    registry = cbsync.Registry({"database": {"failure_threshold": 3}}, store=Reconfiguring())
+    breaker = registry.get("database")
+    assert changed == [3]
+    assert breaker.config.failure_threshold == 4
+    assert registry.config_for("database") == breaker.config
+
+
 def test_breakers_get_the_registry_clock():
     """A registry's clock drives the breakers it creates."""
     clock = FakeClock()
@@ -273,10 +403,11 @@ def test_remove_listener_detaches_it_everywhere():
 
 
 def test_non_listener_is_rejected():
-    """Listeners must be cbsync.Listener instances."""
-    with pytest.raises(cbsync.ConfigError, match=r"must be an instance of cbsync\.Listener"):
+    """Listeners must be cbsync.Listener instances (the breaker's own check and message)."""
+    expected = r"must be an instance of cbsync\.Listener \(subclass it and override"
+    with pytest.raises(cbsync.ConfigError, match=expected):
         cbsync.Registry(listeners=[object()])  # type: ignore[list-item]
-    with pytest.raises(cbsync.ConfigError, match=r"must be an instance of cbsync\.Listener"):
+    with pytest.raises(cbsync.ConfigError, match=expected):
         cbsync.Registry().add_listener(print)  # type: ignore[arg-type]
 
 

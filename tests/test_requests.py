@@ -4,6 +4,7 @@ import builtins
 import collections
 import doctest
 import email.utils
+import inspect
 import logging
 import pickle
 import socket
@@ -729,6 +730,24 @@ def test_http_adapter_arguments_still_work():
     assert adapter.poolmanager.pools._maxsize == 3
     assert CircuitBreakerAdapter(max_retries=2).max_retries.total == 2
     assert CircuitBreakerAdapter().max_retries.total == 0
+
+
+def test_http_adapter_arguments_work_by_position():
+    """HTTPAdapter's arguments are accepted in its order; cbsync's are keyword-only."""
+    retry = Retry(total=4)
+    adapter = CircuitBreakerAdapter(3, 7, retry, True, profile="payments")
+    assert adapter.max_retries is retry
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 7
+    assert adapter.poolmanager.connection_pool_kw["block"] is True
+    assert adapter.poolmanager.pools._maxsize == 3
+    assert adapter.profile == "payments"
+    two = CircuitBreakerAdapter(10, 20)
+    assert two.poolmanager.connection_pool_kw["maxsize"] == 20
+    assert two.poolmanager.pools._maxsize == 10
+    positional = list(inspect.signature(CircuitBreakerAdapter).parameters)[:4]
+    assert positional == list(inspect.signature(requests.adapters.HTTPAdapter).parameters)
+    with pytest.raises(TypeError):
+        CircuitBreakerAdapter(3, 7, retry, True, None)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

@@ -160,7 +160,7 @@ def test_first_trial_failure_reopens(clock):
     assert breaker.state is State.OPEN
     with pytest.raises(CircuitOpenError) as info:
         breaker.call(ok)
-    assert info.value.reason.kind == "trial_failure"
+    assert info.value.reason == OpenReason("consecutive_failures", 1)
 
 
 def test_backoff_grows_the_open_period_up_to_the_cap(clock):
@@ -192,9 +192,9 @@ def test_closing_resets_the_backoff(clock):
     assert breaker.retry_after == 10.0
 
 
-def test_slow_trial_call_reopens(clock):
-    """A trial call at least slow_call_duration long reopens the circuit."""
-    breaker = make(clock, failure_threshold=1, slow_call_duration=2)
+def test_slow_trial_success_is_a_success(clock):
+    """A slow trial call that succeeds counts towards closing, and as a slow call."""
+    breaker = make(clock, failure_threshold=1, slow_call_duration=2, success_threshold=2)
     failures(breaker, 1)
     clock.advance(30)
 
@@ -203,10 +203,10 @@ def test_slow_trial_call_reopens(clock):
         return "slow"
 
     assert breaker.call(slow) == "slow"
-    assert breaker.state is State.OPEN
-    with pytest.raises(CircuitOpenError) as info:
-        breaker.call(ok)
-    assert info.value.reason.kind == "trial_slow_call"
+    assert breaker.state is State.HALF_OPEN
+    assert breaker.call(slow) == "slow"
+    assert breaker.state is State.CLOSED
+    assert breaker.snapshot().slow_calls == 2
 
 
 def test_stale_success_counts_only_in_totals(clock):
@@ -361,3 +361,42 @@ def test_raising_predicates_are_logged_not_raised(clock, caplog):
     assert (snapshot.successes, snapshot.failures) == (1, 1)
     assert [r.levelname for r in caplog.records].count("ERROR") == 2
     assert "predicate bug" in caplog.text
+
+
+def test_stale_failure_does_not_count_in_the_next_closed_period(clock):
+    """A failure admitted before the circuit opened and closed again moves no window or streak."""
+    breaker = make(clock, failure_threshold=2, success_threshold=1)
+    stale = breaker.guard()
+    stale.__enter__()  # admitted in the first CLOSED period
+    failures(breaker, 2)
+    clock.advance(30)
+    breaker.call(ok)  # the trial closes the circuit: a new CLOSED period
+    stale.__exit__(OSError, OSError("late"), None)
+    snapshot = breaker.snapshot()
+    assert (snapshot.consecutive_failures, snapshot.window_calls, snapshot.failures) == (0, 0, 3)
+    failures(breaker, 1)
+    assert breaker.state is State.CLOSED  # one failure of this period, not two
+
+
+def test_backoff_never_overflows(clock):
+    """A day-long outage at a large multiplier keeps reopening for max_timeout."""
+    breaker = make(clock, failure_threshold=1, timeout=1, max_timeout=300, backoff_multiplier=10.0)
+    failures(breaker, 1)
+    for _ in range(400):  # 10.0 ** 309 overflows a float
+        clock.advance(breaker.retry_after)
+        failures(breaker, 1)
+    assert breaker.state is State.OPEN
+    assert breaker.retry_after == 300.0
+
+
+def test_half_open_limit_message(clock):
+    """HalfOpenLimitReached names the breaker, the reason, and says to retry later."""
+    breaker = make(clock, failure_threshold=1, half_open_max_calls=1)
+    failures(breaker, 1)
+    clock.advance(30)
+    with breaker.guard(), pytest.raises(HalfOpenLimitReached) as info:
+        breaker.call(ok)
+    assert str(info.value) == (
+        "circuit 'sm' is half_open and its trial calls are all in flight "
+        "(consecutive_failures=1); retry later"
+    )

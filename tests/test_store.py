@@ -143,7 +143,7 @@ def test_a_trial_failure_reopens_with_backoff(kit):
     assert breaker.state is State.OPEN
     kit.settle()
     error = rejected(breaker)
-    assert error.reason.kind == "trial_failure"
+    assert error.reason.kind == "consecutive_failures"
     assert 0.3 < error.retry_after <= 0.4
 
 
