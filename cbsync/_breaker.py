@@ -318,18 +318,8 @@ class CircuitBreaker:
         elapsed = end - start
         if self._failure_result is not None and self._result_fails(result):
             self._record(admitted, elapsed, end, _FAILURE, None)
-        elif end < self._fast_until and elapsed < self._slow_limit and admitted is self._current:
-            # A CLOSED success that cannot open anything: no lock (see the
-            # module doc).  _succeeded() is the same, for the integrations;
-            # it is written out here because this is the hot path.
-            pending = self._pending
-            pending.append(elapsed)
-            if len(pending) >= _PENDING_MAX:
-                self._fold_soon()
-            if self._listeners:
-                notify_success(self._listeners, self, elapsed)
         else:
-            self._record(admitted, elapsed, end, _SUCCESS, None)
+            self._succeeded(admitted, elapsed, end)
         return result
 
     def __call__(self, func: F) -> F:
@@ -635,13 +625,16 @@ class CircuitBreaker:
         self._record(admitted, elapsed, self._now(), self._classify(exc), exc, open_at_least)
 
     def _succeeded(self, admitted: Permit, elapsed: float, end: float) -> None:
-        """Record a successful call as :meth:`call` does: without the lock when
-        it cannot change anything (see the module docstring)."""
+        """Record a successful call (of :meth:`call`, a guarded block or an
+        integration): without the lock when it cannot change anything -- a
+        CLOSED success with no failure streak to reset, not slow, before the
+        window's next edge, admitted under the current state (see the module
+        docstring)."""
         if end < self._fast_until and elapsed < self._slow_limit and admitted is self._current:
             pending = self._pending
             pending.append(elapsed)
             if len(pending) >= _PENDING_MAX:
-                self._fold_soon()
+                self._fold_soon(len(pending))
             if self._listeners:
                 notify_success(self._listeners, self, elapsed)
         else:
@@ -945,13 +938,17 @@ class CircuitBreaker:
             self._histogram.record_many(batch)
             self._window.record_successes(n)
 
-    def _fold_soon(self) -> None:
-        """Fold the fast successes, without queueing behind another thread
-        unless they reach :data:`_PENDING_HARD_MAX`."""
+    def _fold_soon(self, pending: int) -> None:
+        """Fold the ``pending`` fast successes, without queueing behind another
+        thread unless they reach :data:`_PENDING_HARD_MAX`."""
+        if pending & 63 and pending < _PENDING_HARD_MAX:
+            # While one thread folds (and may lose the GIL doing so), the
+            # others keep appending; they try again every 64 successes, not
+            # at every one.
+            return
         # The lock object itself: the _lock property's fork check costs a
-        # system call, too much for every call while another thread folds.
-        # A lock copied held into a forked child only fails this attempt; the
-        # property rebuilds it below.
+        # system call.  A lock copied held into a forked child only fails
+        # this attempt; the property rebuilds it below.
         lock = self._lock_obj
         if lock.acquire(False):
             try:

@@ -138,38 +138,33 @@ def run_status(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     return _with_store(args, lambda store: _print_status(store, args, stream))
 
 
-def run_trip(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
-    """``cbsync trip NAME [--reason R]``."""
-    out = out if out is not None else sys.stdout
+def _fleet_change(
+    args: argparse.Namespace, out: Optional[TextIO], change: Callable[[RedisStore], Any]
+) -> int:
+    """Apply ``change`` (a trip or a reset) to the breaker ``args.name`` and say so."""
+    stream = out if out is not None else sys.stdout
 
-    def trip(store: RedisStore) -> int:
+    def run(store: RedisStore) -> int:
         known = _known(store, args.name)
-        row = store.trip(args.name, args.reason)
-        out.write(
+        row = change(store)
+        stream.write(
             "{}: {} in every process ({}){}\n".format(
                 _show(args.name), row.state.value, row.reason, _unseen(known)
             )
         )
         return EXIT_OK
 
-    return _with_store(args, trip)
+    return _with_store(args, run)
+
+
+def run_trip(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
+    """``cbsync trip NAME [--reason R]``."""
+    return _fleet_change(args, out, lambda store: store.trip(args.name, args.reason))
 
 
 def run_reset(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     """``cbsync reset NAME``."""
-    out = out if out is not None else sys.stdout
-
-    def reset(store: RedisStore) -> int:
-        known = _known(store, args.name)
-        row = store.reset(args.name)
-        out.write(
-            "{}: {} in every process ({}){}\n".format(
-                _show(args.name), row.state.value, row.reason, _unseen(known)
-            )
-        )
-        return EXIT_OK
-
-    return _with_store(args, reset)
+    return _fleet_change(args, out, lambda store: store.reset(args.name))
 
 
 def run_watch(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:

@@ -9,7 +9,7 @@ from ._state import State, StateTransition
 
 #: Smallest latency the histogram tells apart, in seconds (10 µs).
 _HIST_MIN = 1e-5
-#: Ratio between neighbouring bucket bounds: a percentile is within 5 %.
+#: Ratio between neighbouring bucket bounds: a percentile is at most 5 % high.
 _HIST_GROWTH = 1.05
 #: Buckets from 10 µs to about 18 minutes; anything longer lands in the last.
 _HIST_BUCKETS = 380
@@ -18,7 +18,7 @@ _BOUNDS = [_HIST_MIN * _HIST_GROWTH**i for i in range(_HIST_BUCKETS)]
 
 
 class LatencyHistogram:
-    """Latencies in log-scaled buckets: fixed memory, percentiles within 5 %.
+    """Latencies in log-scaled buckets: fixed memory, percentiles at most 5 % high.
 
     Bucket ``i`` holds latencies up to ``_BOUNDS[i]`` (and above the bound
     before it).  Cost: O(log buckets) per recorded latency; a batch is sorted
