@@ -124,3 +124,24 @@ def test_configuration_reference_matches_the_config_class():
         value = getattr(defaults, field)
         expected = "(Exception,)" if value == (Exception,) else repr(value)
         assert shown == expected.replace("'", '"'), field
+
+
+YAML_FENCE = re.compile(r"^```yaml[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+YAML_EXAMPLES = [
+    (page, block)
+    for page in PAGES
+    for block in YAML_FENCE.findall(page.read_text(encoding="utf-8"))
+    if "circuit_breaker:" in block
+]
+
+
+@pytest.mark.parametrize(
+    ("page", "block"), YAML_EXAMPLES, ids=[_ids(page) for page, _ in YAML_EXAMPLES]
+)
+def test_yaml_examples_load(page, block, tmp_path):
+    """Every configuration file shown in the docs loads and resolves every profile."""
+    path = tmp_path / "breakers.yaml"
+    path.write_text(block, encoding="utf-8")
+    registry = cbsync.load_config(str(path), registry=cbsync.Registry())
+    for profile in registry.profiles:
+        assert isinstance(registry.config_for("x", profile), cbsync.CircuitBreakerConfig)
