@@ -1,14 +1,18 @@
 """What StatsD reporting costs a call, with the StatsD server unreachable.
 
-Run ``python benchmarks/bench_statsd.py [--calls N] [--repeat R]``.  Each
-case runs ``breaker.call(f)`` on a successful ``f`` N times, R times over,
-and keeps the fastest round (the least disturbed by the rest of the machine);
-it prints nanoseconds per call, the ratio to a breaker with no listener, and
-how many of the listener's events were dropped.
+Run ``python benchmarks/bench_statsd.py [--calls N] [--repeat R] [--threads T]``.
+Each case runs ``breaker.call(f)`` on a successful ``f`` N times (split over
+T threads, 1 by default), R times over, and keeps the fastest round (the
+least disturbed by the rest of the machine); it prints wall-clock
+nanoseconds per call, the ratio to a breaker with no listener, and how many
+of the listener's events were dropped (``dropped_events``, which also counts
+latency values dropped while their calls were counted).
 
-``StatsdListener`` only appends each event to a buffer; a background thread
-sends.  In a loop of calls that never release the GIL the thread competes
-with the caller for it, so the cases show:
+``StatsdListener`` appends each event to a buffer; a background thread
+sends.  In a loop of calls that never release the GIL the thread gets the
+GIL only now and then, falls behind, and calls past the buffer's high-water
+mark (half of ``max_buffer``) fold the buffer into counter sums and send the
+latency values over UDP themselves, a packet per call.  The cases show:
 
 * no listener -- the baseline;
 * an empty ``cbsync.Listener`` -- what delivering events costs by itself;
@@ -17,7 +21,8 @@ with the caller for it, so the cases show:
   a bound port nobody reads, and with ``sample_rate=0.1``: the thread sends
   while the loop runs;
 * "buffer only": the thread is kept idle during the round (an hour's flush
-  interval, a buffer larger than the round) -- what the call itself waits for;
+  interval, a buffer larger than the round, so calls never take over) -- what
+  the call itself waits for;
 * "buffer + flush() in the round": the same with the flush of the whole round
   timed too -- every cost of reporting, sending included, per call.
 
@@ -30,6 +35,7 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -65,6 +71,7 @@ def per_call_ns(
     calls: int,
     repeat: int,
     flush_in_round: bool,
+    threads: int,
 ) -> float:
     listeners = [] if listener is None else [listener]
     breaker = cbsync.CircuitBreaker("bench", listeners=listeners)
@@ -74,11 +81,30 @@ def per_call_ns(
         call(work)
     if flush is not None:
         flush()
+
+    def loop(count: int, barrier: Optional[threading.Barrier] = None) -> None:
+        if barrier is not None:
+            barrier.wait()
+        for _ in range(count):
+            call(work)
+
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            call(work)
+        if threads == 1:
+            start = time.perf_counter_ns()
+            loop(calls)
+        else:
+            barrier = threading.Barrier(threads + 1)
+            workers = [
+                threading.Thread(target=loop, args=(calls // threads, barrier))
+                for _ in range(threads)
+            ]
+            for worker in workers:
+                worker.start()
+            barrier.wait()
+            start = time.perf_counter_ns()
+            for worker in workers:
+                worker.join()
         if flush is not None and flush_in_round:
             flush()
         best = min(best, (time.perf_counter_ns() - start) / calls)
@@ -92,7 +118,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--calls", type=int, default=100000, help="calls per round")
     parser.add_argument("--repeat", type=int, default=5, help="rounds per case (best kept)")
     parser.add_argument("--io", action="store_true", help="protect a small system call")
+    parser.add_argument("--threads", type=int, default=1, help="threads sharing the calls")
     args = parser.parse_args(argv)
+    if args.threads < 1 or args.calls % args.threads:
+        parser.error("--threads must be at least 1 and divide --calls")
     work = small_io if args.io else noop
 
     unread = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -133,19 +162,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         ),
     ]
     print(
-        "Python {} on {}; statsd {}; {} calls x {} rounds, best round; f = {}".format(
+        "Python {} on {}; statsd {}; {} calls x {} rounds in {} thread(s), best round; "
+        "f = {}".format(
             platform.python_version(),
             platform.machine(),
             statsd.__version__,
             args.calls,
             args.repeat,
+            args.threads,
             "os.stat('.')" if args.io else "return 1",
         )
     )
     baseline = None
     for label, make, flush_in_round in cases:
         listener = make()
-        ns = per_call_ns(listener, work, args.calls, args.repeat, flush_in_round)
+        ns = per_call_ns(listener, work, args.calls, args.repeat, flush_in_round, args.threads)
         if baseline is None:
             baseline = ns
         dropped = ""

@@ -23,11 +23,12 @@ name                                           type   sent
 
 How metrics are sent
 --------------------
-A call never waits for StatsD.  The listener's event methods only append a
-small tuple to an in-memory buffer (no lock, no formatting, no system call);
-one background daemon thread per listener, started on the first event, sends
-the buffer every ``flush_interval`` (0.1 s by default), or sooner when a
-burst fills a tenth of it.  Each flush:
+A call never waits for StatsD.  The listener's event methods append a small
+tuple to an in-memory buffer (no lock, no formatting, no system call), and
+that is all unless the sender falls behind (see below); one background
+daemon thread per listener, started on the first event, sends the buffer
+every ``flush_interval`` (0.1 s by default), or sooner when a burst fills a
+tenth of it.  Each flush:
 
 * sums each counter: one line per counter and breaker, e.g.
   ``cbsync.payments.success:250|c`` for 250 successes;
@@ -47,16 +48,41 @@ sent exactly, without ``|@``: sampling a single summed line would save
 nothing and only add noise.  The state gauge and the transition counters are
 never sampled either, so a dashboard never misses a state change.
 
-The buffer holds at most ``max_buffer`` events (50,000 by default, a few
-megabytes).  If the sender cannot keep up, the oldest events are dropped and
-counted; nothing is lost silently (see Failures).  It keeps up easily when
-calls do I/O, as the calls a breaker protects do: each one releases the GIL
-and lets the thread send.  A process whose calls never release the GIL
-(a loop of pure-Python calls) lets the thread have the GIL back only every
-``sys.getswitchinterval()`` (5 ms) after each packet it sends; past a few
-thousand calls a second it then falls behind and drops.  A larger packet
-size (``StatsClient(host, port, maxudpsize=1432)`` on a LAN, more towards a
-local agent) or a ``sample_rate`` below 1 makes it send fewer packets.
+When the sender falls behind
+----------------------------
+The thread keeps up easily when calls do I/O, as the calls a breaker
+protects do: each one releases the GIL and lets the thread send.  Calls that
+never release the GIL (a loop of pure-Python calls) let it have the GIL back
+only every ``sys.getswitchinterval()`` (5 ms) after each packet it sends.
+So once the buffer passes half of ``max_buffer`` events (50,000 by default,
+a few megabytes), calls do the sender's work themselves, a little at a time
+and without waiting for a lock or for each other:
+
+* a call folds the events past that mark, and 1,024 more, into running sums
+  by breaker (which the thread sends), so that counters never run out of
+  room, however far behind sending is;
+* over UDP (``statsd.StatsClient``: a datagram goes out at once, whatever the
+  server does) each such call also sends one packet of latency values,
+  formatting the next 2,048 values into packets when none is ready (a few
+  tenths of a millisecond).  Threads making such calls hand each other the
+  GIL as they send, so loops of pure-Python calls, in one thread or in
+  several, lose nothing.  A send keeps its call waiting when another thread
+  then holds the GIL for a whole switch interval (a thread computing in pure
+  Python); when that happens more than once per 32 packets, calls stop
+  sending for a pause (10 ms, doubling while it goes on, up to 1 s) and only
+  fold;
+* a TCP or Unix-socket client (a send can block until its timeout) or a
+  client that is not a statsd one is only ever used by the thread.
+
+At most ``max_buffer`` latency values wait for the thread beside the buffer;
+past that the newest are dropped, counted and logged, and their calls are
+still counted.  The buffer itself holds at most ``max_buffer`` events; if it
+fills all the same (no sender thread can start, or the calls folding lost
+the GIL for long), the oldest events are dropped, counted and logged.
+Nothing is lost silently (see Failures).  A ``sample_rate`` below 1 (values
+are sampled as they are folded) or a larger packet size (``StatsClient(host,
+port, maxudpsize=1432)`` on a LAN, more towards a local agent) makes fewer
+packets to send.
 
 :meth:`StatsdListener.flush` sends what is buffered now, in the calling
 thread; :meth:`StatsdListener.close` flushes, stops the thread and closes the
@@ -96,7 +122,9 @@ the statsd client itself is put in front of all of this, unchanged.
 Failures
 --------
 Nothing here ever raises into a call: sending happens in the background
-thread (or in ``flush()``), and every error there is caught.  The statsd
+thread, in ``flush()`` or (over UDP, while the thread lags) in a call, and
+every error there is caught; a call never logs, the thread reports for it.
+After an error in a call, calls leave all sending to the thread.  The statsd
 client raises ``UnicodeEncodeError`` on a non-ASCII client prefix, and
 ``TCPStatsClient`` raises socket errors.  After a failure the listener stops
 sending for a moment (1 s, doubling at each consecutive failure up to 60 s;
@@ -104,9 +132,10 @@ the events of that moment are dropped, and the next flush that gets through
 sends the current state gauge of every breaker again), and it logs one
 WARNING on logger ``cbsync`` at most once a minute, counting the failures and
 the dropped events since the previous message; events pushed out of a full
-buffer are logged the same way.  ``StatsdListener.dropped_events`` counts
-every dropped event since the listener was made.  UDP (the default) never
-waits for the server: an unreachable StatsD costs what a reachable one does.
+buffer, and latency values dropped past ``max_buffer``, are logged the same
+way.  ``StatsdListener.dropped_events`` counts every dropped event (or
+latency value) since the listener was made.  UDP (the default) never waits
+for the server: an unreachable StatsD costs what a reachable one does.
 
 ``TCPStatsClient`` and ``UnixSocketStatsClient`` never reconnect by
 themselves after a socket error; the listener closes them after an error so
@@ -122,6 +151,7 @@ import math
 import os
 import random
 import re
+import sys
 import threading
 import time
 import weakref
@@ -163,6 +193,23 @@ _PAUSE_MAX = 60.0
 _STREAM_CHUNK = 65536
 #: Seconds ``close()`` and the exit hook wait for a send in progress.
 _STOP_WAIT = 1.0
+#: Past the buffer's high-water mark a call folds the events above it and
+#: this many more into the running sums (about 0.1 ms of work).
+_FOLD_CHUNK = 1024
+#: Latency values a call formats at a time into packets for the calls to send,
+#: one packet per call, over UDP (about 140 packets of 512 bytes, 0.4 ms).
+_DIRECT_CHUNK = 2048
+#: A packet sent from a call that took this long (or 80 % of the interpreter's
+#: switch interval, if longer) cost the call the GIL: another thread kept it.
+_SLOW_SEND = 0.001
+#: Such packets tolerated per packet sent without waiting, and how many in a
+#: row at most: past that, calls stop sending for a pause.
+_SLOW_SHARE = 1.0 / 32
+_SLOW_DEBT = 2.0
+#: Seconds of the first such pause; it doubles at each further one (up to the
+#: longest) and halves after a run of packets sent without waiting.
+_DIRECT_PAUSE_FIRST = 0.01
+_DIRECT_PAUSE_MAX = 1.0
 
 # Event kinds: the first item of each buffered tuple.  The call counters come
 # first so that a tally indexes its counts by kind.
@@ -185,6 +232,12 @@ _Event = Tuple[int, str, Any]
 def _monotonic() -> float:
     # Looked up at each call so that freezegun drives the listener's clock.
     return time.monotonic()
+
+
+def _perf() -> float:
+    # Times a packet sent from a call.  A function of its own, so that a test
+    # can replace it (and freezegun leaves it alone).
+    return time.perf_counter()
 
 
 def sanitize_segment(text: str) -> str:
@@ -236,19 +289,35 @@ class _Names:
 
 
 class _Tally:
-    """What one flush holds for one breaker."""
+    """The folded events of one breaker, waiting to be sent."""
 
-    __slots__ = ("counts", "latencies", "state", "transitions")
+    __slots__ = ("counts", "latencies", "slow", "state", "transitions")
 
     def __init__(self) -> None:
         #: Events by kind (only the first four are reported as counters).
         self.counts = [0, 0, 0, 0, 0, 0]
-        #: Seconds of every success and failure, in order.
+        #: Seconds of the successes and failures still to send (already
+        #: sampled for a statsd client), in order.
         self.latencies: List[float] = []
+        #: Successes and failures at least ``slow_call_duration`` long.
+        self.slow = 0
         #: Last state gauge value, or None.
         self.state: Optional[int] = None
         #: ``"<old>.<new>"`` -> count, in order of first occurrence.
         self.transitions: Dict[str, int] = {}
+
+    def merge(self, later: "_Tally") -> None:
+        """Add the events of ``later``, folded after these."""
+        counts = self.counts
+        for kind, count in enumerate(later.counts):
+            counts[kind] += count
+        self.latencies.extend(later.latencies)
+        self.slow += later.slow
+        if later.state is not None:
+            self.state = later.state
+        transitions = self.transitions
+        for key, count in later.transitions.items():
+            transitions[key] = transitions.get(key, 0) + count
 
 
 class _Lines:
@@ -256,7 +325,6 @@ class _Lines:
 
     def __init__(self, client: Any, rate: float) -> None:
         self._client = client
-        self._rate = rate
         self._suffix = "|@{}".format(rate) if rate < 1 else ""
         self._limit: int = getattr(client, "_maxudpsize", _STREAM_CHUNK)
         #: Lines, or runs of lines already joined with newlines.
@@ -269,10 +337,7 @@ class _Lines:
         self.lines.append("{}:{:d}|g".format(name, value))
 
     def timers(self, name: str, seconds: List[float]) -> None:
-        rate = self._rate
-        if rate < 1:
-            draw = random.random
-            seconds = [value for value in seconds if draw() <= rate]
+        # The values were sampled when they were folded: each one is a line.
         if not seconds:
             return
         # The statsd client's own format, '%0.6f|ms' of milliseconds; one
@@ -281,16 +346,16 @@ class _Lines:
         template = "\n".join([line] * len(seconds))
         self.lines.append(template % tuple([value * 1000.0 for value in seconds]))
 
-    def send(self) -> None:
+    def packets(self) -> List[str]:
+        """The lines packed as the client's own pipeline packs them: greedily,
+        each packet shorter than the limit (a line longer than that alone)."""
         lines, self.lines = self.lines, []
         if not lines:
-            return
-        # Packed as the client's own pipeline packs them (greedily, each
-        # packet shorter than the limit), but cut with C-level string search
-        # rather than a Python loop over the lines.
+            return []
+        # Cut with C-level string search rather than a Python loop over lines.
         data = "\n".join(lines)
         limit = self._limit
-        send = self._client._send
+        packets = []
         start = 0
         end = len(data)
         while end - start >= limit:
@@ -299,9 +364,15 @@ class _Lines:
                 cut = data.find("\n", start)
                 if cut < 0:
                     break
-            send(data[start:cut])
+            packets.append(data[start:cut])
             start = cut + 1
-        send(data[start:])
+        packets.append(data[start:])
+        return packets
+
+    def send(self) -> None:
+        send = self._client._send
+        for packet in self.packets():
+            send(packet)
 
 
 class _Calls:
@@ -365,10 +436,13 @@ class StatsdListener(cbsync.Listener):
 
     Calls only buffer their events; a background daemon thread sends them
     every ``flush_interval`` (seconds, a ``timedelta`` or a string such as
-    ``"250ms"``; default 0.1 s), summing counters.  The buffer holds at most
-    ``max_buffer`` events (default 50,000); past that the oldest are dropped,
+    ``"250ms"``; default 0.1 s), summing counters.  When it lags behind
+    calls that never release the GIL, calls past half of ``max_buffer``
+    buffered events (default 50,000) fold them into the counter sums
+    themselves and, over UDP, send latency values a packet at a time; at
+    most ``max_buffer`` latency values wait, and any dropped event is
     counted and logged.  See the module documentation for the names, their
-    mapping, sampling and failures.
+    mapping, sampling, falling behind and failures.
 
     Add it to a registry to report every breaker, present and future, or to
     one breaker:
@@ -437,6 +511,9 @@ class StatsdListener(cbsync.Listener):
         self._max_buffer = max_buffer
         #: Buffer length that wakes the sender early.
         self._threshold = max(1, max_buffer // 10)
+        #: Buffer length past which a call folds events itself (the sender
+        #: was woken and has not caught up).
+        self._high = max(self._threshold + 1, max_buffer // 2)
         clean = sanitize_prefix(prefix)
         self._prefix = clean + "." if clean else ""
         # A statsd client is fed prepared lines, so its own prefix goes in
@@ -447,15 +524,39 @@ class StatsdListener(cbsync.Listener):
         client_prefix = getattr(client, "_prefix", None) if self._packets else None
         self._wire_prefix = (client_prefix + "." if client_prefix else "") + self._prefix
         self._stream = isinstance(client, _StreamClientBase)
+        #: Calls may send latency values themselves: a UDP datagram goes out
+        #: at once whatever the server does, and the client is thread-safe.
+        self._direct = self._packets and isinstance(client, statsd.StatsClient)
+        #: Latency values are sampled as they are folded (a client that is
+        #: not a statsd one samples them itself).
+        self._sample = self._packets and self._rate < 1
         self._names: Dict[str, _Names] = {}
         #: Events waiting for the sender.  The call path only appends, and
         #: only while ``len(buffer) < self._room``; anything else goes through
         #: ``_crowded``.  ``_room`` is 0 while no sender thread runs here (so
         #: the next event starts one), ``_threshold`` while one does, and
-        #: ``max_buffer`` once it has been woken and not yet drained.
+        #: ``_high`` once it has been woken and not yet drained: from there on
+        #: calls fold events into ``_folded`` themselves.
         self._buffer: Deque[_Event] = collections.deque()
         self._room = 0
         self._closed = False
+        #: Events folded into running sums, by breaker name, waiting for the
+        #: sender: exact counters and at most ``max_buffer`` latency values
+        #: (``_folded_values``).  Under ``_fold_lock``.
+        self._folded: Dict[str, _Tally] = {}
+        self._folded_values = 0
+        #: Packets of latency values made by a call, for the calls (one each)
+        #: and the sender to send.
+        self._ready: Deque[str] = collections.deque()
+        #: Calls send no packet before this ``_monotonic()`` time (sending cost
+        #: them the GIL too often), the next such pause, and the packets
+        #: that cost the GIL less those tolerated (see ``_send_packet``).
+        self._direct_after = -math.inf
+        self._direct_pause = _DIRECT_PAUSE_FIRST
+        self._direct_debt = 0.0
+        self._slow_until = -math.inf  # perf_counter() time
+        #: An error a call met sending, for the sender to report.
+        self._direct_error: Optional[BaseException] = None
         #: Breaker name -> the breaker last attached under it (for its
         #: slow_call_duration and, after a loss, its current state).
         self._attached: Dict[str, Callable[[], Optional[CircuitBreaker]]] = {}
@@ -469,6 +570,8 @@ class StatsdListener(cbsync.Listener):
         self._failed_unlogged = 0
         self._dropped_unlogged = 0
         self._full_unlogged = 0
+        #: Latency values dropped (their calls were counted) since the last message.
+        self._values_unlogged = 0
         self._log_after = -math.inf
         #: Events dropped since creation, whatever the reason.
         self._dropped_total = 0
@@ -482,11 +585,18 @@ class StatsdListener(cbsync.Listener):
         #: Held while draining and sending (the thread, ``flush()``);
         #: reentrant, as a logging handler may flush from a warning.
         self._send_lock = threading.RLock()
+        #: Guards ``_folded``: held for a few operations per breaker at a time.
+        self._fold_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
     def _after_fork(self) -> None:
         self._new_process()
+        # The parent sends what it folded and packed (a child forked from C
+        # gets here before it folds anything itself).
+        self._ready.clear()
+        self._folded = {}
+        self._folded_values = 0
         if not self._closed:
             self._room = 0  # the parent's thread does not exist here
         if self._stream:
@@ -509,7 +619,8 @@ class StatsdListener(cbsync.Listener):
     @property
     def dropped_events(self) -> int:
         """Events dropped since the listener was made: pushed out of the full
-        buffer, or buffered while sending was paused or failing."""
+        buffer, buffered while sending was paused or failing, or (their
+        counters sent) whose latency value did not fit in ``max_buffer``."""
         return self._dropped_total
 
     def metric_base(self, name: str) -> str:
@@ -562,6 +673,10 @@ class StatsdListener(cbsync.Listener):
             if thread is not threading.current_thread():
                 thread.join(_STOP_WAIT)
         self._buffer.clear()
+        self._ready.clear()
+        with self._fold_lock:
+            self._folded = {}
+            self._folded_values = 0
         _live.discard(self)
         owned, self._owned = self._owned, None
         if owned is None:
@@ -639,23 +754,16 @@ class StatsdListener(cbsync.Listener):
     # -- the slow path of an event -------------------------------------------
 
     def _crowded(self, event: _Event) -> None:
-        """Buffer ``event`` when the fast path cannot: start the sender thread
-        (first event, or first after a fork), wake it (buffer past the
+        """Buffer ``event`` when the fast path cannot: fold the buffer here
+        (past the high-water mark: the woken sender lags), start the sender
+        thread (first event, or first after a fork), wake it (buffer past the
         threshold), or drop the oldest event (buffer full)."""
         try:
             buffer = self._buffer
-            if self._room == self._max_buffer and len(buffer) >= self._max_buffer:
-                # Full while the woken sender catches up: the cheapest path.
-                with self._lock:
-                    self._drop_oldest(buffer)
-                    buffer.append(event)
-                    dropped = self._dropped_total
-                # Now and then: a child forked from C (no fork hooks) that
-                # inherited a full buffer has no sender; restart it.
-                if dropped % 1024 == 0 and self._fork.check():
-                    with self._lock:
-                        if not self._closed and self._thread is None:
-                            self._start_thread()
+            # (A child forked from C, with no fork hooks, is rebuilt by this
+            # check and takes the path below, which starts its sender.)
+            if self._room == self._high and len(buffer) >= self._high and not self._fork.check():
+                self._fold_here(event)
                 return
             self._fork.check()
             wake = False
@@ -669,12 +777,51 @@ class StatsdListener(cbsync.Listener):
                 if self._thread is None:
                     self._start_thread()
                 elif len(buffer) >= self._threshold:
-                    self._room = self._max_buffer
+                    self._room = self._high
                     wake = True
             if wake:
                 self._wakeup.set()
         except Exception as exc:  # e.g. "can't start new thread"
             self._internal_error(exc)
+
+    def _fold_here(self, event: _Event) -> None:
+        """Past the high-water mark (the woken sender lags): buffer ``event``
+        and do some of the sender's work in this call.
+
+        Over UDP the call sends one packet of latency values, first making a
+        chunk of them if none is ready.  Otherwise (or to make that chunk) it
+        folds the events past the mark, and a chunk more, into the running
+        sums, so that no counter is lost.  Threads fold separate chunks; no
+        call waits for another's work.
+        """
+        buffer = self._buffer
+        if len(buffer) >= self._max_buffer:
+            # Full even so: the calls folding lost the GIL for long.
+            with self._lock:
+                self._drop_oldest(buffer)
+        buffer.append(event)
+        direct = False
+        if self._direct:
+            now = _monotonic()
+            direct = now >= self._direct_after and now >= self._resume_at
+            if direct:
+                try:
+                    packet: Optional[str] = self._ready.popleft()
+                except IndexError:
+                    packet = None
+                if packet is not None:
+                    self._send_packet(packet)
+                    return
+        batch = self._keep(
+            self._fold(len(buffer) - self._high + _FOLD_CHUNK), _DIRECT_CHUNK if direct else 0
+        )
+        if batch:
+            lines = _Lines(self._client, self._rate)
+            for name, values in batch:
+                lines.timers(self._names_of(name).latency, values)
+            packets = lines.packets()
+            self._ready.extend(packets[1:])
+            self._send_packet(packets[0])
 
     def _drop_oldest(self, buffer: Deque[_Event]) -> None:
         # self._lock is held.
@@ -717,39 +864,40 @@ class StatsdListener(cbsync.Listener):
             self._internal_error(exc)
 
     def _send_buffered(self) -> None:
-        buffer = self._buffer
-        count = len(buffer)
-        items: List[_Event] = []
-        if count:
-            popleft = buffer.popleft
-            append = items.append
-            try:
-                for _ in range(count):
-                    append(popleft())
-            except IndexError:
-                pass  # a full buffer's oldest event went meanwhile
+        with self._lock:
+            error, self._direct_error = self._direct_error, None
+        if error is not None:  # met by a call sending latency values
+            self._direct_after = -math.inf  # calls wait for the pause below instead
+            self._failed(error, 0)
+        with self._fold_lock:
+            folded, self._folded = self._folded, {}
+            self._folded_values = 0
+        _merge(folded, self._fold(len(self._buffer)))  # all kept: sent now
         if self._room > self._threshold:
             self._room = self._threshold  # woken and drained: re-arm the wake-up
         lost = self._lost
         if lost:
             self._lost = False
             self._resend_states = True
-        if items or lost:
-            self._send_events(items)
-        if lost:
+        if folded or lost:
+            self._send_tallies(folded)
+        if self._ready:
+            self._send_ready()
+        if lost or self._values_unlogged:
             self._warn("fell behind")
 
-    def _send_events(self, items: List[_Event]) -> None:
+    def _send_tallies(self, tallies: Dict[str, _Tally]) -> None:
         if _monotonic() < self._resume_at:
             # Paused after a failure: drop, count, and send every state later.
             self._resend_states = True
+            events = _events_in(tallies)
             with self._lock:
-                self._dropped_unlogged += len(items)
-                self._dropped_total += len(items)
+                self._dropped_unlogged += events
+                self._dropped_total += events
             return
         sink: Any = (_Lines if self._packets else _Calls)(self._client, self._rate)
         try:
-            self._emit(self._tally(items), sink)
+            self._emit(tallies, sink)
             sink.send()
         except Exception as exc:
             if self._stream:
@@ -757,20 +905,186 @@ class StatsdListener(cbsync.Listener):
                     self._client.close()  # the next send reconnects
                 except Exception:
                     pass  # the original error is the one worth reporting
-            self._failed(exc, len(items))
+            self._failed(exc, _events_in(tallies))
         else:
             self._failures = 0
             self._resume_at = -math.inf
 
+    def _send_ready(self) -> None:
+        """Send the packets of latency values the calls made and left."""
+        ready = self._ready
+        send = self._client._send
+        dropped = 0
+        for _ in range(len(ready)):  # not those the calls keep adding
+            try:
+                packet = ready.popleft()
+            except IndexError:
+                break  # the calls sent the rest
+            if _monotonic() < self._resume_at:  # paused after a failure
+                dropped += packet.count("\n") + 1
+                continue
+            try:
+                send(packet)
+            except Exception as exc:
+                self._failed(exc, packet.count("\n") + 1)
+        if dropped:
+            with self._lock:
+                self._dropped_unlogged += dropped
+                self._dropped_total += dropped
+
+    # -- folding (calls past the high-water mark, the sender) ---------------
+
+    def _fold(self, limit: int) -> Dict[str, _Tally]:
+        """Take at most ``limit`` buffered events and tally them by breaker:
+        counters summed, slow calls counted, latency values sampled.
+
+        No lock: ``popleft`` is atomic, so threads folding at once take
+        separate events.
+        """
+        buffer = self._buffer
+        count = min(len(buffer), limit)
+        if count <= 0:
+            return {}
+        items: List[_Event] = []
+        popleft = buffer.popleft
+        append = items.append
+        try:
+            for _ in range(count):
+                append(popleft())
+        except IndexError:
+            pass  # another thread took the rest
+        tallies = self._tally(items)
+        attached = self._attached
+        for name, tally in tallies.items():
+            latencies = tally.latencies
+            if latencies:
+                ref = attached.get(name)
+                breaker = ref() if ref is not None else None
+                slow = breaker.config.slow_call_duration if breaker is not None else None
+                if slow is not None:
+                    tally.slow = len([value for value in latencies if value >= slow])
+                if self._sample:
+                    draw = random.random
+                    rate = self._rate
+                    tally.latencies = [value for value in latencies if draw() <= rate]
+        return tallies
+
+    def _keep(self, tallies: Dict[str, _Tally], take: int) -> List[Tuple[str, List[float]]]:
+        """Add ``tallies`` to ``_folded`` and take out at most ``take`` latency
+        values to send, the oldest first; past ``max_buffer`` values kept, the
+        newest are dropped and counted."""
+        dropped = 0
+        with self._fold_lock:
+            batch = self._take_values(take) if take else []
+            folded = self._folded
+            for name, tally in tallies.items():
+                latencies = tally.latencies
+                if latencies:
+                    room = self._max_buffer - self._folded_values
+                    if len(latencies) > room:
+                        dropped += len(latencies) - room
+                        del latencies[room:]
+                    self._folded_values += len(latencies)
+                earlier = folded.get(name)
+                if earlier is None:
+                    folded[name] = tally
+                else:
+                    earlier.merge(tally)
+            left = take - sum([len(values) for _, values in batch])
+            if left > 0:
+                batch += self._take_values(left)
+        if dropped:
+            with self._lock:
+                self._values_unlogged += dropped
+                self._dropped_total += dropped
+        return batch
+
+    def _take_values(self, limit: int) -> List[Tuple[str, List[float]]]:
+        """Take at most ``limit`` latency values out of ``_folded``, oldest
+        breakers first.  ``_fold_lock`` is held."""
+        batch: List[Tuple[str, List[float]]] = []
+        left = limit
+        for name, tally in self._folded.items():
+            latencies = tally.latencies
+            if not latencies:
+                continue
+            if len(latencies) <= left:
+                tally.latencies = []
+            else:
+                latencies, tally.latencies = latencies[:left], latencies[left:]
+            batch.append((name, latencies))
+            left -= len(latencies)
+            if not left:
+                break
+        self._folded_values -= limit - left
+        return batch
+
+    def _send_packet(self, packet: str) -> None:
+        """Send a packet of latency values from a call (UDP).
+
+        A send releases the GIL; if another thread then keeps it for a switch
+        interval (a thread computing in pure Python), the call waits that
+        long.  When that happens more than once per 32 packets (two waits in
+        a row at most; the calls waiting at once count as one), calls stop
+        sending for a pause (10 ms, doubling while it goes on, at most 1 s)
+        and only fold meanwhile.  Never raises and never logs: an error is
+        kept for the sender to report.  The bookkeeping is shared by the
+        calls without a lock: a lost update only shifts a pause a little.
+        """
+        clock = _perf
+        began = clock()
+        try:
+            self._client._send(packet)
+        except Exception as exc:  # e.g. a non-ASCII prefix on the client
+            self._direct_after = math.inf  # until the sender has reported it
+            lines = packet.count("\n") + 1
+            with self._lock:
+                self._direct_error = exc
+                self._dropped_unlogged += lines
+                self._dropped_total += lines
+            self._wakeup.set()
+            return
+        ended = clock()
+        if ended - began < max(_SLOW_SEND, 0.8 * sys.getswitchinterval()):
+            debt = self._direct_debt
+            if debt > 0:
+                self._direct_debt = max(debt - _SLOW_SHARE, 0.0)
+            elif self._direct_pause > _DIRECT_PAUSE_FIRST:
+                self._direct_pause = max(self._direct_pause / 2, _DIRECT_PAUSE_FIRST)
+            return
+        if began < self._slow_until:
+            return  # the same wait as another call's: a thread that kept the GIL
+        self._slow_until = ended
+        debt = self._direct_debt + 1.0
+        if debt >= _SLOW_DEBT:
+            pause = self._direct_pause
+            self._direct_after = _monotonic() + pause
+            self._direct_pause = min(pause * 2, _DIRECT_PAUSE_MAX)
+            debt -= 1.0  # one more such packet after the pause: pause again
+        self._direct_debt = debt
+
     def _tally(self, items: List[_Event]) -> Dict[str, _Tally]:
         tallies: Dict[str, _Tally] = {}
         get = tallies.get
+        # A run of successes of one breaker (the bulk of any busy buffer)
+        # only appends latencies; successes are counted from them at the end.
+        run_name: Optional[str] = None
+        unused: List[float] = []
+        run_append = unused.append
         for kind, name, value in items:
+            if name is run_name and kind == _SUCCESS:
+                run_append(value)
+                continue
             tally = get(name)
             if tally is None:
                 tally = tallies[name] = _Tally()
+            if kind == _SUCCESS:
+                run_name = name
+                run_append = tally.latencies.append
+                run_append(value)
+                continue
             tally.counts[kind] += 1
-            if kind <= _FAILURE:
+            if kind == _FAILURE:
                 tally.latencies.append(value)
             elif kind == _STATE:
                 tally.state = value
@@ -779,6 +1093,9 @@ class StatsdListener(cbsync.Listener):
                 key = old.value + "." + new.value
                 tally.transitions[key] = tally.transitions.get(key, 0) + 1
                 tally.state = STATE_VALUES[new]
+        for tally in tallies.values():
+            # Each success and failure left exactly one latency value here.
+            tally.counts[_SUCCESS] = len(tally.latencies) - tally.counts[_FAILURE]
         return tallies
 
     def _emit(self, tallies: Dict[str, _Tally], sink: Any) -> None:
@@ -807,11 +1124,8 @@ class StatsdListener(cbsync.Listener):
             latencies = tally.latencies
             ref = attached.get(name)
             breaker = ref() if ref is not None else None
-            slow = breaker.config.slow_call_duration if breaker is not None else None
-            if slow is not None and latencies:
-                slow_calls = len([value for value in latencies if value >= slow])
-                if slow_calls:
-                    sink.counter(names.slow, slow_calls)
+            if tally.slow:
+                sink.counter(names.slow, tally.slow)
             for key, count in tally.transitions.items():
                 sink.counter(names.transition + key, count)
             if latencies:
@@ -863,21 +1177,39 @@ class StatsdListener(cbsync.Listener):
                 self._log_after = now + _LOG_INTERVAL
                 failed, self._failed_unlogged = self._failed_unlogged, 0
                 full, self._full_unlogged = self._full_unlogged, 0
-                dropped, self._dropped_unlogged = self._dropped_unlogged + full, 0
+                values, self._values_unlogged = self._values_unlogged, 0
+                dropped, self._dropped_unlogged = self._dropped_unlogged + full + values, 0
             logger.warning(
                 "cbsync: StatsD reporting %s (%d failure(s) and %d dropped event(s) since "
-                "the last message, %d of them pushed out of the full buffer of %d; %s); "
-                "calls are not affected",
+                "the last message, %d of them pushed out of the full buffer of %d, %d of "
+                "them only their latency value, past the %d kept; %s); calls are not affected",
                 what,
                 failed,
                 dropped,
                 full,
+                self._max_buffer,
+                values,
                 self._max_buffer,
                 "sending paused {:.0f}s".format(pause) if pause is not None else "sending goes on",
                 exc_info=None if exc is None else (type(exc), exc, exc.__traceback__),
             )
         except Exception:
             pass  # a broken log handler must not reach a call or end the thread
+
+
+def _merge(tallies: Dict[str, _Tally], later: Dict[str, _Tally]) -> None:
+    """Add the ``later`` tallies to ``tallies``."""
+    for name, tally in later.items():
+        earlier = tallies.get(name)
+        if earlier is None:
+            tallies[name] = tally
+        else:
+            earlier.merge(tally)
+
+
+def _events_in(tallies: Dict[str, _Tally]) -> int:
+    """How many events the tallies hold."""
+    return sum([sum(tally.counts) for tally in tallies.values()])
 
 
 #: Listeners not closed yet, flushed at exit and cleaned after a fork.
@@ -897,9 +1229,14 @@ def _forget_parent_events() -> None:
     # buffered there is the parent's, and the parent sends it.
     for listener in list(_live):
         listener._buffer.clear()
+        listener._ready.clear()
+        listener._folded = {}
+        listener._folded_values = 0
         # The parent reports its own trouble.
         listener._lost = False
+        listener._direct_error = None
         listener._failed_unlogged = listener._dropped_unlogged = listener._full_unlogged = 0
+        listener._values_unlogged = 0
 
 
 atexit.register(_flush_at_exit)

@@ -601,33 +601,70 @@ def test_a_burst_wakes_the_thread_before_the_interval(server, client, listeners)
     assert successes == 10
 
 
-def test_full_buffer_drops_oldest_counts_and_logs_once(clock, listeners, caplog):
-    """A sender stuck on a hung server: the buffer stays bounded; drops are counted and logged."""
+def test_stuck_sender_leaves_counters_exact_and_bounds_latency_values(clock, listeners, caplog):
+    """A hung sender: every call is still counted; extra latency values are dropped and logged."""
     caplog.set_level(logging.WARNING, logger="cbsync")
     stuck = StuckClient()
     listener = listeners(stuck, max_buffer=100)  # wakes the thread at 10 events
     breaker = cbsync.CircuitBreaker("full", clock=clock, listeners=[listener])
     for _ in range(10):
         breaker.call(ok)
-    assert stuck.entered.wait(WAIT)  # the thread took those 11 events and hangs
-    for _ in range(150):
+    assert stuck.entered.wait(WAIT)  # the thread took the first events and hangs
+    for _ in range(400):
         assert breaker.call(ok) == "ok"
-    assert len(listener._buffer) == 100
-    assert listener.dropped_events == 50
+    assert len(listener._buffer) <= 100
+    dropped = listener.dropped_events
+    # At most 100 events wait in the buffer and 100 latency values beside it.
+    assert 400 - 200 <= dropped < 400
     assert caplog.records == []  # logged by the sender, never by a call
     stuck.release.set()
     assert listener.flush(timeout=WAIT)
-    assert listener.dropped_events == 50
+    assert listener.dropped_events == dropped
     [record] = caplog.records
     assert record.levelno == logging.WARNING
     message = record.getMessage()
     assert "StatsD reporting fell behind" in message
-    assert "0 failure(s) and 50 dropped event(s)" in message
-    assert "50 of them pushed out of the full buffer of 100" in message
-    sent = sum(call[2] for call in stuck.calls if call[:2] == ("incr", "cbsync.full.success"))
-    assert sent == 160 - 50
-    # What was lost may have held a state change: the current state is sent again.
-    assert ("gauge", "cbsync.full.state", 0) in stuck.calls[-3:]
+    assert "0 failure(s) and {} dropped event(s)".format(dropped) in message
+    assert "0 of them pushed out of the full buffer of 100, {} of them only".format(dropped) in (
+        message
+    )
+    successes = sum(call[2] for call in stuck.calls if call[:2] == ("incr", "cbsync.full.success"))
+    assert successes == 410
+    timings = [call for call in stuck.calls if call[:2] == ("timing", "cbsync.full.latency")]
+    assert len(timings) == 410 - dropped
+
+
+def test_full_buffer_drops_oldest_counts_and_logs(server, client, listeners, monkeypatch, caplog):
+    """With no sender thread the buffer stays bounded: the oldest events go, counted and logged."""
+    caplog.set_level(logging.WARNING, logger="cbsync")
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with freeze_time("2024-01-01 00:00:00") as frozen:
+        listener = listeners(client, max_buffer=100)
+        breaker = cbsync.CircuitBreaker("full", listeners=[listener])
+        for _ in range(150):
+            assert breaker.call(ok) == "ok"
+        assert len(listener._buffer) == 100
+        assert listener.dropped_events == 51  # the attach gauge and 50 successes
+        monkeypatch.undo()
+        frozen.tick(61)  # past the minute in which the thread's failure was logged
+        assert listener.flush()
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "can't start new thread" in str(caplog.records[0].exc_info[1])
+    assert re.search(
+        r"fell behind \([0-9]+ failure\(s\) and 51 dropped event\(s\) since the last message, "
+        r"51 of them pushed out of the full buffer of 100, 0 of them only",
+        messages[1],
+    )
+    metrics = received(server, client)
+    assert sum(m.value for m in metrics if m.name == "cbsync.full.success") == 100
+    assert len([m for m in metrics if m.name == "cbsync.full.latency"]) == 100
+    # What was lost held the attach gauge: the current state is sent again.
+    assert [(m.name, m.value) for m in metrics if m.type == "g"] == [("cbsync.full.state", 0)]
 
 
 def test_concurrent_calls_are_all_counted(server, client, listeners):
@@ -653,6 +690,180 @@ def test_concurrent_calls_are_all_counted(server, client, listeners):
     assert sum(m.value for m in metrics if m.name == "cbsync.busy.success") == threads * calls
     assert len([m for m in metrics if m.name == "cbsync.busy.latency"]) == threads * calls
     assert listener.dropped_events == 0
+
+
+def test_cpu_bound_threads_lose_no_count(server, client, listeners):
+    """Four threads making 200,000 pure-CPU calls: the counters received add up to every call."""
+    threads, calls = 4, 50_000
+    # A small buffer, so the sender (which gets the GIL only now and then) lags
+    # early; few latency values, so every datagram fits in the socket's buffer.
+    listener = listeners(client, max_buffer=1000, sample_rate=0.0001)
+    breaker = cbsync.CircuitBreaker("cpu", listeners=[listener])
+    barrier = threading.Barrier(threads)
+
+    def work():
+        barrier.wait(timeout=WAIT)
+        call = breaker.call
+        for _ in range(calls):
+            call(ok)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+    assert listener.flush(timeout=WAIT)
+    metrics = received(server, client)
+    assert sum(m.value for m in metrics if m.name == "cbsync.cpu.success") == threads * calls
+    assert {m.name for m in metrics} <= {
+        "cbsync.cpu.state",
+        "cbsync.cpu.success",
+        "cbsync.cpu.latency",
+    }
+    assert listener.dropped_events == 0
+
+
+class TimedUdp(statsd.StatsClient):
+    """A real UDP client whose every send lasts ``delay`` seconds on its own clock."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.now = 0.0
+        self.delay = 0.0
+        self.packets = 0
+
+    def clock(self):
+        """The time on this client's clock."""
+        return self.now
+
+    def _send(self, data):
+        self.packets += 1
+        self.now += self.delay
+        super()._send(data)
+
+
+@pytest.fixture
+def timed(server, monkeypatch):
+    """A TimedUdp client sending to ``server``, whose clock times the listener's packets."""
+    udp = TimedUdp("127.0.0.1", server.getsockname()[1])
+    monkeypatch.setattr(module, "_perf", udp.clock)
+    yield udp
+    close_udp(udp)
+
+
+def call_until(breaker, done, limit=5000):
+    """Make successful calls until ``done()`` (at most ``limit``); return how many."""
+    for made in range(1, limit + 1):
+        breaker.call(ok)
+        if done():
+            return made
+    raise AssertionError("not done after {} calls".format(limit))
+
+
+def drain(server, into):
+    """Add the metrics already waiting on ``server`` to the list ``into`` (never waits)."""
+    server.setblocking(False)
+    try:
+        while True:
+            into.extend(parse(line) for line in server.recv(65536).decode("ascii").split("\n"))
+    except BlockingIOError:
+        return into
+    finally:
+        server.settimeout(WAIT)
+
+
+def test_calls_send_latency_values_themselves_while_the_sender_lags(server, timed, listeners):
+    """Past the high-water mark calls send the latency values over UDP, the sender the counts."""
+    listener = listeners(timed, max_buffer=200)  # the high-water mark is at 100 events
+    breaker = cbsync.CircuitBreaker("direct", listeners=[listener])
+    by_calls = []
+    with listener._send_lock:  # the sender thread cannot send anything
+        for _ in range(3):
+            for _ in range(500):
+                breaker.call(ok)
+            drain(server, by_calls)
+        by_calls += received(server, timed)
+    assert timed.packets > 1500 // 20  # latency lines are 33 characters, packets 512
+    assert {m.name for m in by_calls} == {"cbsync.direct.latency"}
+    # Still waiting: the buffer (the 100 events below the mark and a few), and what one
+    # call past the mark folded and packed for the next calls to send.
+    assert 1500 - len(by_calls) < 2 * 200
+    assert listener.flush(timeout=WAIT)
+    metrics = by_calls + received(server, timed)
+    assert sum(m.value for m in metrics if m.name == "cbsync.direct.success") == 1500
+    assert len([m for m in metrics if m.name == "cbsync.direct.latency"]) == 1500
+    assert listener.dropped_events == 0
+
+
+def test_calls_stop_sending_while_it_costs_them_the_gil(server, timed, listeners):
+    """Sends that keep calls waiting for the GIL pause the calls' sending; nothing goes unseen."""
+    metrics = []
+    made = 0
+    high = 300  # buffered events past which calls fold (and send)
+
+    def calls_until(done):
+        nonlocal made
+        made += call_until(breaker, done)
+        drain(server, metrics)
+
+    def crowded_call_sends():
+        """Whether a call past the high-water mark sends a packet (if not, it folds)."""
+        calls_until(lambda: len(listener._buffer) >= high)
+        sent = timed.packets
+        calls_until(lambda: True)  # one call
+        if timed.packets > sent:
+            return True
+        assert len(listener._buffer) < high
+        return False
+
+    with freeze_time("2024-01-01 00:00:00") as frozen:
+        listener = listeners(timed, max_buffer=2 * high)
+        breaker = cbsync.CircuitBreaker("gil", listeners=[listener])
+        with listener._send_lock:  # the sender thread cannot send anything
+            calls_until(lambda: timed.packets == 10)
+            timed.delay = 0.01  # each send now keeps the call waiting 10 ms
+            calls_until(lambda: timed.packets == 12)
+            assert not crowded_call_sends()  # two such packets in a row: paused
+            frozen.tick(0.01)  # the first pause is over
+            calls_until(lambda: timed.packets == 13)  # one more such packet: paused again
+            frozen.tick(0.01)
+            assert not crowded_call_sends()  # for 20 ms this time
+            frozen.tick(0.01)
+            timed.delay = 0.0
+            assert crowded_call_sends()
+            calls_until(lambda: timed.packets >= 40)
+        assert listener.flush(timeout=WAIT)
+    metrics += received(server, timed)
+    assert sum(m.value for m in metrics if m.name == "cbsync.gil.success") == made
+    latencies = len([m for m in metrics if m.name == "cbsync.gil.latency"])
+    # The sender never sent meanwhile: what paused calls folded past the bound was dropped.
+    assert latencies == made - listener.dropped_events
+
+
+def test_an_error_sending_from_a_call_is_caught_and_reported_by_the_sender(
+    server, listeners, caplog
+):
+    """An error sending from a call neither raises nor logs there; the sender reports it once."""
+    caplog.set_level(logging.WARNING, logger="cbsync")
+    # The statsd client encodes every line as ASCII: this prefix makes each send raise.
+    udp = TimedUdp("127.0.0.1", server.getsockname()[1], prefix="h\u00e9")
+    try:
+        listener = listeners(udp, max_buffer=200)  # the high-water mark is at 100 events
+        breaker = cbsync.CircuitBreaker("err", listeners=[listener])
+        with listener._send_lock:  # the sender thread cannot report yet
+            for _ in range(400):
+                assert breaker.call(ok) == "ok"
+            assert udp.packets == 1  # after the error, no call tried again
+            assert listener.dropped_events > 0
+            assert caplog.records == []
+        assert listener.flush(timeout=WAIT)
+    finally:
+        close_udp(udp)
+    [record] = caplog.records
+    assert "StatsD reporting failed" in record.getMessage()
+    assert isinstance(record.exc_info[1], UnicodeEncodeError)
+    assert listener.dropped_events >= 401  # sending is paused: everything was dropped
 
 
 def test_tcp_client_at_closed_port_never_reaches_a_call(clock, listeners, caplog):
