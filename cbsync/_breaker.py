@@ -246,6 +246,8 @@ class CircuitBreaker:
         #: Latencies of lock-free successes, not folded yet: an array of
         #: doubles (8 bytes each), appended to without the lock.
         self._pending: array.array[float] = array.array("d")
+        #: Fold _pending once it is this long (see _fold_soon).
+        self._fold_at = _PENDING_MAX
         self._fast_until = -math.inf
         self._clear_counts()
         #: Link to a shared store (see _store.py); None keeps everything local.
@@ -633,8 +635,8 @@ class CircuitBreaker:
         if end < self._fast_until and elapsed < self._slow_limit and admitted is self._current:
             pending = self._pending
             pending.append(elapsed)
-            if len(pending) >= _PENDING_MAX:
-                self._fold_soon(len(pending))
+            if len(pending) >= self._fold_at:
+                self._fold_soon()
             if self._listeners:
                 notify_success(self._listeners, self, elapsed)
         else:
@@ -938,28 +940,30 @@ class CircuitBreaker:
             self._histogram.record_many(batch)
             self._window.record_successes(n)
 
-    def _fold_soon(self, pending: int) -> None:
-        """Fold the ``pending`` fast successes, without queueing behind another
-        thread unless they reach :data:`_PENDING_HARD_MAX`."""
-        if pending & 63 and pending < _PENDING_HARD_MAX:
-            # While one thread folds (and may lose the GIL doing so), the
-            # others keep appending; they try again every 64 successes, not
-            # at every one.
-            return
+    def _fold_soon(self) -> None:
+        """Fold the fast successes, without queueing behind another thread
+        unless they reach :data:`_PENDING_HARD_MAX`."""
         # The lock object itself: the _lock property's fork check costs a
         # system call.  A lock copied held into a forked child only fails
         # this attempt; the property rebuilds it below.
         lock = self._lock_obj
         if lock.acquire(False):
+            # While this thread folds (and may lose the GIL doing so), the
+            # others go on appending without calling here.
+            self._fold_at = _PENDING_HARD_MAX
             try:
                 self._fold_pending()
                 self._refresh_fast()
             finally:
+                self._fold_at = _PENDING_MAX
                 lock.release()
         elif len(self._pending) >= _PENDING_HARD_MAX:
             with self._lock:
                 self._fold_pending()
                 self._refresh_fast()
+        else:
+            # Another thread holds the lock: try again 64 successes later.
+            self._fold_at = len(self._pending) + 64
 
     def _refresh_fast(self) -> None:
         """Allow lock-free successes until the window's next edge, if no

@@ -64,3 +64,15 @@ def test_atomic_counter_is_exact_under_threads():
         thread.join(30)
     assert counter.value() == 160_000
     assert counter.value() == 160_000
+
+
+def test_a_batch_of_calls_too_fast_to_resolve():
+    """A batch all under the first bucket's bound lands there, with exact count and total."""
+    values = [i * 1e-8 for i in range(1000)]
+    one, batch = LatencyHistogram(), LatencyHistogram()
+    for value in values:
+        one.record(value)
+    batch.record_many(list(values))
+    assert one._buckets == batch._buckets
+    assert batch._buckets[0] == batch.count == 1000
+    assert batch.total == pytest.approx(sum(values))
