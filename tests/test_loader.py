@@ -6,29 +6,9 @@ import sys
 import textwrap
 
 import pytest
+from _support import SEED_YAML
 
 import cbsync
-
-SEED_YAML = """\
-circuit_breaker:
-  default:
-    failure_threshold: 5
-    failure_window: 60s
-    success_threshold: 3
-    timeout: 30s
-    half_open_max_calls: 3
-    failure_rate_threshold: 0.5
-    minimum_calls: 10
-  database:
-    failure_threshold: 3
-    timeout: 10s
-    failure_rate_threshold: 0.3
-  http_service:
-    window_type: time_based
-    window_duration: 30s
-    failure_rate_threshold: 0.5
-    minimum_calls: 20
-"""
 
 #: What every field of the seed's three profiles resolves to.
 SEED_EXPECTED = {

@@ -77,6 +77,23 @@ def rejection(breaker: cbsync.CircuitBreaker) -> CircuitOpenError:
 # -- sharing between stores ------------------------------------------------------
 
 
+def pair(first, second, **config):
+    """The breaker "svc" in two processes (one store each), both known to the fleet."""
+    one = cbsync.CircuitBreaker("svc", store=first, **config)
+    two = cbsync.CircuitBreaker("svc", store=second, **config)
+    assert first.sync()
+    assert second.sync()
+    return one, two
+
+
+def open_and_wait(one, first, second):
+    """One failure of ``one`` opens the fleet's circuit; wait out a 0.2 s OPEN period."""
+    failures(one, 1)
+    first.sync()
+    second.sync()
+    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+
+
 def test_failures_spread_over_processes_open_the_breaker_everywhere(stores):
     """3 + 3 failures open both breakers; the store whose flush crossed did it."""
     first, second = stores(60), stores(60)
@@ -129,10 +146,7 @@ def test_consecutive_failures_count_across_processes(stores):
     """failure_threshold counts the fleet's streak; a success anywhere breaks it."""
     first, second = stores(60), stores(60)
     config = {"failure_threshold": 4, "failure_rate_threshold": None}
-    one = cbsync.CircuitBreaker("svc", store=first, **config)
-    two = cbsync.CircuitBreaker("svc", store=second, **config)
-    assert first.sync()
-    assert second.sync()
+    one, two = pair(first, second, **config)
     failures(one, 2)
     first.sync()
     two.call(ok)
@@ -208,14 +222,8 @@ def test_trial_permits_are_fleet_wide(stores):
         "half_open_max_calls": 1,
         "success_threshold": 2,
     }
-    one = cbsync.CircuitBreaker("svc", store=first, **config)
-    two = cbsync.CircuitBreaker("svc", store=second, **config)
-    assert first.sync()
-    assert second.sync()
-    failures(one, 1)
-    first.sync()
-    second.sync()
-    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    one, two = pair(first, second, **config)
+    open_and_wait(one, first, second)
     with one.guard():  # holds the only trial permit of the fleet
         with pytest.raises(HalfOpenLimitReached):
             two.call(ok)
@@ -234,14 +242,8 @@ def test_a_dead_holders_trial_permit_expires(stores):
     """A process that stops renewing its permit (it died) frees it after the lease."""
     first, second = stores(0.05), stores(60)
     config = {"failure_threshold": 1, "timeout": 0.2, "half_open_max_calls": 1}
-    one = cbsync.CircuitBreaker("svc", store=first, **config)
-    two = cbsync.CircuitBreaker("svc", store=second, **config)
-    assert first.sync()
-    assert second.sync()
-    failures(one, 1)
-    first.sync()
-    second.sync()
-    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    one, two = pair(first, second, **config)
+    open_and_wait(one, first, second)
     guard = one.guard()
     guard.__enter__()  # a trial call that never ends
     first.close()  # ... in a process that is gone: nobody renews its lease
@@ -263,14 +265,8 @@ def test_a_trial_permit_is_given_back_when_its_period_ends_during_the_call(store
     """disable() during a trial call frees its fleet-wide permit: others get their trial."""
     first, second = stores(60), stores(60)
     config = {"failure_threshold": 1, "timeout": 0.2, "half_open_max_calls": 1}
-    one = cbsync.CircuitBreaker("svc", store=first, **config)
-    two = cbsync.CircuitBreaker("svc", store=second, **config)
-    assert first.sync()
-    assert second.sync()
-    failures(one, 1)
-    first.sync()
-    second.sync()
-    time.sleep(0.25)  # real time: the OPEN period runs on the Redis server's clock
+    one, two = pair(first, second, **config)
+    open_and_wait(one, first, second)
     with one.guard():  # the fleet's only trial permit ...
         assert first.fleet_status()[0].trial_calls == 1
         one.disable()  # ... whose HALF_OPEN period ends here while the call runs
@@ -286,10 +282,7 @@ def test_reset_of_a_disabled_breaker_adopts_the_fleet_state(stores):
     """Re-enabling one process leaves an OPEN fleet OPEN; its calls count for the fleet again."""
     first, second = stores(60), stores(60)
     config = {"failure_threshold": 1, "timeout": "30s"}
-    one = cbsync.CircuitBreaker("svc", store=first, **config)
-    two = cbsync.CircuitBreaker("svc", store=second, **config)
-    assert first.sync()
-    assert second.sync()
+    one, two = pair(first, second, **config)
     failures(one, 1)
     first.sync()
     second.sync()
@@ -352,10 +345,7 @@ def test_a_count_based_window_shows_at_most_window_size_fleet_calls(stores):
         "failure_threshold": None,
         "failure_rate_threshold": 0.9,
     }
-    one = cbsync.CircuitBreaker("svc", store=first, **config)
-    two = cbsync.CircuitBreaker("svc", store=second, **config)
-    assert first.sync()
-    assert second.sync()
+    one, two = pair(first, second, **config)
     for _ in range(12):
         one.call(ok)
     first.sync()
