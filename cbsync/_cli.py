@@ -134,10 +134,10 @@ def _demo_duration(text: str) -> float:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``cbsync demo [--duration SECONDS]``."""
+    from . import _demo
+
     try:
-        # Imported here: it needs requests, SQLAlchemy and statsd, which
-        # `import cbsync` must never import.
-        from . import _demo
+        _demo.check_extras()
     except ImportError as exc:
         if (exc.name or "").partition(".")[0] == "cbsync":
             raise  # a bug in cbsync, not a missing extra

@@ -45,24 +45,7 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple, cast
-
-import requests
-import sqlalchemy
-import sqlalchemy.exc
-from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
-
-# mypy, run on the source tree, cannot see cbsync.integrations (installed from
-# integrations/ by package_dir); at run time they are there.
-from cbsync.integrations.requests import (  # type: ignore[import-not-found, unused-ignore]
-    HTTPCircuitOpenError,
-    install,
-)
-from cbsync.integrations.sqlalchemy import attach  # type: ignore[import-not-found, unused-ignore]
-from cbsync.integrations.statsd import (  # type: ignore[import-not-found, unused-ignore]
-    StatsdListener,
-)
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TextIO, Tuple, cast
 
 from ._breaker import CircuitBreaker
 from ._cli import DEMO_MIN_DURATION
@@ -71,6 +54,28 @@ from ._errors import ConfigError
 from ._events import Listener
 from ._registry import Registry
 from ._state import OpenReason, State
+
+if TYPE_CHECKING:
+    import requests
+    import sqlalchemy
+
+    from cbsync.integrations.statsd import (  # type: ignore[import-not-found, unused-ignore]
+        StatsdListener,
+    )
+
+# The demo needs requests, SQLAlchemy and statsd, which the core never
+# imports at module level: they are imported where they are used, and
+# check_extras() tells the command line early whether they are installed.
+# (mypy, run on the source tree, cannot see cbsync.integrations -- installed
+# from integrations/ by package_dir; at run time they are there.)
+
+
+def check_extras() -> None:
+    """Raise ImportError if the libraries the demo drives are not installed."""
+    import requests  # noqa: F401
+    import sqlalchemy  # noqa: F401
+    import statsd  # noqa: F401
+
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "run"]
 
@@ -536,7 +541,13 @@ class _Counter:
             self.value += 1
 
 
-def _orders_call(session: requests.Session, base_url: str) -> Callable[[], None]:
+def _orders_call(session: "requests.Session", base_url: str) -> Callable[[], None]:
+    import requests
+
+    from cbsync.integrations.requests import (  # type: ignore[import-not-found, unused-ignore]
+        HTTPCircuitOpenError,
+    )
+
     numbers = itertools.count(1)
 
     def call() -> None:
@@ -553,7 +564,9 @@ def _orders_call(session: requests.Session, base_url: str) -> Callable[[], None]
     return call
 
 
-def _database_call(engine: sqlalchemy.engine.Engine) -> Callable[[], None]:
+def _database_call(engine: "sqlalchemy.engine.Engine") -> Callable[[], None]:
+    import sqlalchemy.exc
+
     numbers = itertools.count(1)
     query = sqlalchemy.text("SELECT id, total FROM orders WHERE id = :id")
 
@@ -647,6 +660,21 @@ class _Demo:
     # -- starting ----------------------------------------------------------
 
     def set_up(self) -> None:
+        import requests
+        import sqlalchemy
+        from sqlalchemy.engine import URL
+        from sqlalchemy.pool import NullPool
+
+        from cbsync.integrations.requests import (  # type: ignore[import-not-found, unused-ignore]
+            install,
+        )
+        from cbsync.integrations.sqlalchemy import (  # type: ignore[import-not-found, unused-ignore]
+            attach,
+        )
+        from cbsync.integrations.statsd import (  # type: ignore[import-not-found, unused-ignore]
+            StatsdListener,
+        )
+
         # cbsync logs every state change; the view shows them already, and a
         # log line on stderr would tear the table apart.
         self.logger.addHandler(self.log_handler)
