@@ -708,7 +708,7 @@ def test_a_forked_child_restarts_the_background_sync(stores, tmp_path):
         if pid == 0:
             deadline = time.monotonic() + 10
             while breaker.state is not cbsync.State.FORCED_OPEN and time.monotonic() < deadline:
-                time.sleep(0.01)
+                time.sleep(0.01)  # real time: polling a background sync, bounded
             os.write(write, breaker.state.value.encode())
             os._exit(0)
         RedisStore(url, prefix=prefix).trip("svc", "from another process")
@@ -906,7 +906,7 @@ def test_a_child_forked_without_at_fork_hooks_syncs_by_itself(stores, tmp_path):
         deadline = time.monotonic() + 10
         while not (breaker._binding.shared and other._binding.shared):
             assert time.monotonic() < deadline, "no first sync"
-            time.sleep(0.01)
+            time.sleep(0.01)  # real time: polling a background sync, bounded
         # A thread running at a fork from C can leave the child without a usable
         # GIL (as under uWSGI): fork while both threads wait.
         time.sleep(0.1)  # real time: let both threads settle into their 60 s wait
@@ -929,7 +929,7 @@ def test_a_child_forked_without_at_fork_hooks_syncs_by_itself(stores, tmp_path):
                 row = {row.name: row for row in observer.fleet_status()}["svc"]
                 if row.state is cbsync.State.OPEN:
                     break
-                time.sleep(0.01)
+                time.sleep(0.01)  # real time: polling a background sync, bounded
             started = time.monotonic()
             idle.close()  # the parent's thread object is no thread of this child's
             took = time.monotonic() - started
