@@ -38,26 +38,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pybreaker
 import redis
+from run import per_call_ns, work  # benchmarks/run.py, beside this script
 
 import cbsync
 from cbsync.integrations.redis import RedisStore
 
 SYNC_INTERVAL = 0.25
-
-
-def work() -> int:
-    return 1
-
-
-def per_call_ns(call: Callable[[], Any], loops: int, repeats: int) -> float:
-    """Best-of-``repeats`` nanoseconds per call over ``loops`` calls."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for _ in range(loops):
-            call()
-        best = min(best, (time.perf_counter_ns() - start) / loops)
-    return best
 
 
 def commands(client: "redis.Redis[Any]") -> Dict[str, int]:
