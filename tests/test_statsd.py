@@ -182,6 +182,24 @@ def slow(clock, seconds, exc=None):
     return run
 
 
+def call_from_threads(breaker, threads, calls, join_timeout):
+    """``threads`` threads, started together, each make ``calls`` successful calls."""
+    barrier = threading.Barrier(threads)
+
+    def work():
+        barrier.wait(timeout=WAIT)
+        call = breaker.call
+        for _ in range(calls):
+            call(ok)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=join_timeout)
+        assert not worker.is_alive()
+
+
 def _raise_oserror():
     raise OSError("down")
 
@@ -672,19 +690,7 @@ def test_concurrent_calls_are_all_counted(server, client, listeners):
     threads, calls = 4, 250
     listener = listeners(client, flush_interval="10ms")
     breaker = cbsync.CircuitBreaker("busy", listeners=[listener])
-    barrier = threading.Barrier(threads)
-
-    def work():
-        barrier.wait(timeout=WAIT)
-        for _ in range(calls):
-            breaker.call(ok)
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=30)
-        assert not worker.is_alive()
+    call_from_threads(breaker, threads, calls, join_timeout=30)
     listener.flush()
     metrics = received(server, client)
     assert sum(m.value for m in metrics if m.name == "cbsync.busy.success") == threads * calls
@@ -699,20 +705,7 @@ def test_cpu_bound_threads_lose_no_count(server, client, listeners):
     # early; few latency values, so every datagram fits in the socket's buffer.
     listener = listeners(client, max_buffer=1000, sample_rate=0.0001)
     breaker = cbsync.CircuitBreaker("cpu", listeners=[listener])
-    barrier = threading.Barrier(threads)
-
-    def work():
-        barrier.wait(timeout=WAIT)
-        call = breaker.call
-        for _ in range(calls):
-            call(ok)
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
-        assert not worker.is_alive()
+    call_from_threads(breaker, threads, calls, join_timeout=60)
     assert listener.flush(timeout=WAIT)
     metrics = received(server, client)
     assert sum(m.value for m in metrics if m.name == "cbsync.cpu.success") == threads * calls
@@ -1068,19 +1061,7 @@ def test_stream_clients_get_intact_lines_and_one_reconnection(kind, tmp_path, li
     listener.flush()
     # Drop the connection made for the attach gauge: the next flush makes one more.
     client.close()
-    barrier = threading.Barrier(threads)
-
-    def work():
-        barrier.wait(timeout=WAIT)
-        for _ in range(calls):
-            breaker.call(ok)
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=30)
-        assert not worker.is_alive()
+    call_from_threads(breaker, threads, calls, join_timeout=30)
     listener.flush()
     client.close()  # the reader sees EOF
     reader.join(timeout=30)
