@@ -166,10 +166,7 @@ def test_consecutive_failures_count_across_processes(stores):
 def test_trip_and_reset_reach_every_process(stores):
     """trip() is FORCED_OPEN (kind "manual") elsewhere; reset() closes it everywhere."""
     first, second = stores(60), stores(60)
-    one = cbsync.CircuitBreaker("svc", store=first)
-    two = cbsync.CircuitBreaker("svc", store=second)
-    assert first.sync()
-    assert second.sync()
+    one, two = pair(first, second)
     one.trip("deploy")
     first.sync()
     second.sync()
@@ -315,10 +312,7 @@ def test_reset_of_a_disabled_breaker_adopts_the_fleet_state(stores):
 def test_a_second_trip_publishes_its_reason(stores):
     """trip() on a FORCED_OPEN breaker is for the fleet too: new reason, and re-forces it."""
     first, second = stores(60), stores(60)
-    one = cbsync.CircuitBreaker("svc", store=first)
-    two = cbsync.CircuitBreaker("svc", store=second)
-    assert first.sync()
-    assert second.sync()
+    one, two = pair(first, second)
     one.trip("deploy")
     first.sync()
     second.sync()
