@@ -9,21 +9,22 @@
 {'EUR': 1.0}
 >>> fetch_rates.breaker.state
 <State.CLOSED: 'closed'>
+
+Integrations live in ``cbsync.integrations``; the interface for shared
+stores in :mod:`cbsync.stores`; building blocks for writing integrations,
+stores and reporters in :mod:`cbsync.toolkit`.
 """
 
-from . import _registry
-from ._breaker import CircuitBreaker
+from ._breaker import CircuitBreaker, Listener
 from ._config import CircuitBreakerConfig
 from ._decorators import circuit, guard, patch
 from ._errors import CircuitBreakerError, CircuitOpenError, ConfigError, HalfOpenLimitReached
-from ._events import Listener
+from ._events import Outcome
 from ._loader import load_config
 from ._metrics import MetricsSnapshot
-from ._registry import Registry
-from ._state import OpenReason, State, StateTransition
-
-#: The process-wide default :class:`Registry` (swapped by the pytest fixture).
-registry = _registry.default_registry()
+from ._permit import Permit
+from ._registry import Registry, default_registry, registry
+from ._state import OpenReason, State, StateTransition, TransitionReason
 
 __version__ = "0.1.0"
 
@@ -37,10 +38,14 @@ __all__ = [
     "Listener",
     "MetricsSnapshot",
     "OpenReason",
+    "Outcome",
+    "Permit",
     "Registry",
     "State",
     "StateTransition",
+    "TransitionReason",
     "circuit",
+    "default_registry",
     "guard",
     "load_config",
     "patch",

@@ -1,16 +1,22 @@
 """The ``cbsync`` command line (also ``python -m cbsync``).
 
-Each subcommand is one ``_add_<name>(subparsers)`` function that adds its
+Each subcommand is one ``add_<name>(subparsers)`` function that adds its
 parser and sets ``run`` to a function ``args -> exit status``; to add a
 subcommand, write such a pair and list the first in :data:`SUBCOMMANDS`.
 Exit status: 0 on success, 2 for a usage or configuration error.
+
+The commands that drive optional libraries (the demo, the Redis commands)
+live beside the integrations and are found by name when the parser is
+built: the core never imports an integration, and those modules import
+nothing optional at their top, so ``cbsync --help`` lists every command
+whatever is installed.
 """
 
 import argparse
+import importlib
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Union
 
-from ._cli_redis import add_reset, add_status, add_trip, add_watch
 from ._config import FIELD_NAMES, CircuitBreakerConfig
 from ._errors import ConfigError
 from ._loader import load_config
@@ -86,80 +92,26 @@ def format_value(config: CircuitBreakerConfig, field: str) -> str:
     return str(value)
 
 
-# -- demo ------------------------------------------------------------------------
-
-#: ``cbsync demo``: how long the scenario runs by default, and at least, in seconds.
-DEMO_DURATION = 20.0
-DEMO_MIN_DURATION = 4.0
-
-
-def _add_demo(subparsers: SubParsers) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="watch breakers protect a program from a failing service (about 20s)",
-        description=(
-            "Start a flaky HTTP service, a SQLite database and a StatsD receiver in this "
-            "process, call them from worker threads through the requests adapter, a "
-            "SQLAlchemy engine and a function decorated with @cbsync.circuit, and play "
-            "a script: healthy, outage, recovery.  Shows each breaker live, then a "
-            'summary.  Needs the extras: pip install "cbsync[all]".  Exit status 0 '
-            "when the script has run, 130 when stopped with Ctrl-C, 2 when the extras "
-            "are missing."
-        ),
-    )
-    parser.add_argument(
-        "--duration",
-        type=_demo_duration,
-        default=DEMO_DURATION,
-        metavar="SECONDS",
-        help="how long the script runs (default {:g}, at least {:g}); the breakers' "
-        "timings scale with it".format(DEMO_DURATION, DEMO_MIN_DURATION),
-    )
-    parser.set_defaults(run=run_demo)
-
-
-def _demo_duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("{!r} is not a number of seconds".format(text)) from None
-    if not value >= DEMO_MIN_DURATION or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            "{!r}: give at least {:g} seconds, for the breakers to open and close again".format(
-                text, DEMO_MIN_DURATION
-            )
-        )
-    return value
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """``cbsync demo [--duration SECONDS]``."""
-    from . import _demo
-
-    try:
-        _demo.check_extras()
-    except ImportError as exc:
-        if (exc.name or "").partition(".")[0] == "cbsync":
-            raise  # a bug in cbsync, not a missing extra
-        sys.stderr.write(
-            "cbsync demo: error: the demo needs requests, SQLAlchemy and statsd ({}); "
-            'install them with: pip install "cbsync[all]"\n'.format(exc)
-        )
-        return EXIT_USAGE
-    return _demo.run(args.duration)
-
-
 # -- the parser ------------------------------------------------------------------
 
-#: Functions adding one subcommand each, in the order ``--help`` lists them.
-SUBCOMMANDS: List[Callable[[SubParsers], None]] = [
-    _add_demo,
+#: Functions adding one subcommand each, in the order ``--help`` lists them; a
+#: ``"module:function"`` string names one that lives with the integrations.
+SUBCOMMANDS: List[Union[str, Callable[[SubParsers], None]]] = [
+    "cbsync.integrations._demo:add_demo",
     _add_check_config,
-    add_status,
-    add_trip,
-    add_reset,
-    add_watch,
+    "cbsync.integrations._redis_cli:add_status",
+    "cbsync.integrations._redis_cli:add_trip",
+    "cbsync.integrations._redis_cli:add_reset",
+    "cbsync.integrations._redis_cli:add_watch",
 ]
+
+
+def _adder(entry: Union[str, Callable[[SubParsers], None]]) -> Callable[[SubParsers], None]:
+    if callable(entry):
+        return entry
+    module, _, function = entry.partition(":")
+    adder: Callable[[SubParsers], None] = getattr(importlib.import_module(module), function)
+    return adder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="cbsync " + __version__)
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    for add in SUBCOMMANDS:
-        add(subparsers)
+    for entry in SUBCOMMANDS:
+        _adder(entry)(subparsers)
     return parser
 
 

@@ -113,6 +113,23 @@ def _matcher(field: str, value: object) -> ExceptionMatcher:
     )
 
 
+class DerivedMaxTimeout(float):
+    """A ``max_timeout`` nobody set: ``max(300 s, timeout)``, derived, not chosen.
+
+    It reads, compares and prints as the number it is.  What it adds is that
+    ``dataclasses.replace()``, which passes every field back to the
+    constructor, hands the constructor a value it knows to derive again from
+    the new ``timeout``: ``replace(config, timeout=600)`` raises the cap to
+    600 s instead of failing on a cap of 300 s below the timeout.  A value
+    given explicitly is a plain ``float`` and is kept as it is.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` naming the candidate closest to ``word``, or ``""``.
 
@@ -140,11 +157,15 @@ class CircuitBreakerConfig:
 
     Durations accept seconds (``int``/``float``), a ``datetime.timedelta`` or
     a string such as ``"250ms"``, ``"30s"``, ``"2m"``, ``"1h"``, and are
-    stored as float seconds.  Variants come from ``dataclasses.replace``.
+    stored as float seconds.  Variants come from ``dataclasses.replace``; a
+    ``max_timeout`` left to its default is derived again from the variant's
+    ``timeout`` (see :class:`DerivedMaxTimeout`).
 
     >>> config = CircuitBreakerConfig(failure_threshold=3, timeout="10s")
     >>> config.timeout, config.max_timeout
     (10.0, 300.0)
+    >>> dataclasses.replace(config, timeout="10m").max_timeout
+    600.0
     >>> CircuitBreakerConfig(failure_treshold=3)
     Traceback (most recent call last):
     ...
@@ -198,8 +219,9 @@ class CircuitBreakerConfig:
                 "window_type={!r} must be 'time_based' or 'count_based'".format(window_type)
             )
         timeout_s = parse_duration("timeout", timeout)
-        if max_timeout is None:
-            max_timeout_s = max(DEFAULT_MAX_TIMEOUT_FLOOR, timeout_s)
+        max_timeout_s: float
+        if max_timeout is None or isinstance(max_timeout, DerivedMaxTimeout):
+            max_timeout_s = DerivedMaxTimeout(max(DEFAULT_MAX_TIMEOUT_FLOOR, timeout_s))
         else:
             max_timeout_s = parse_duration("max_timeout", max_timeout)
             if max_timeout_s < timeout_s:

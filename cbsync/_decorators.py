@@ -31,9 +31,10 @@ from typing import (
 
 import wrapt
 
-from ._breaker import _FAILURE, _SUCCESS, CircuitBreaker
+from ._breaker import CircuitBreaker
 from ._config import did_you_mean
 from ._errors import CircuitOpenError, ConfigError
+from ._events import Outcome
 from ._health import HealthCheckHandle
 from ._registry import Registry, default_registry, normalize_settings
 
@@ -92,31 +93,23 @@ def _protected_call(
             if entered:
                 raise
             return _call_fallback(fallback, instance, args, kwargs)
-    # Falling back on failure needs the outcome as the breaker recorded it,
-    # so the call is run here on the breaker's admission and record hooks.
+    # Falling back on failure needs the outcome as the breaker recorded it:
+    # the call is made here on a permit, whose outcome says how it counted.
     try:
-        permit = breaker._acquire()
+        permit = breaker.acquire()
     except CircuitOpenError:
         return _call_fallback(fallback, instance, args, kwargs)
-    now = breaker._now
-    start = now()
     try:
         result = wrapped(*args, **kwargs)
     except Exception as exc:
-        end = now()
-        outcome = breaker._classify(exc)
-        breaker._record(permit, end - start, end, outcome, exc)
-        if outcome is _FAILURE:
+        if permit.outcome(exc) is Outcome.FAILURE:
             return _call_fallback(fallback, instance, args, kwargs)
         raise
     except BaseException:
-        breaker._abandon(permit)
+        permit.release()
         raise
-    end = now()
-    if breaker.config.failure_result is not None and breaker._result_fails(result):
-        breaker._record(permit, end - start, end, _FAILURE, None)
+    if permit.result(result) is Outcome.FAILURE:
         return _call_fallback(fallback, instance, args, kwargs)
-    breaker._record(permit, end - start, end, _SUCCESS, None)
     return result
 
 

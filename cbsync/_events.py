@@ -1,85 +1,167 @@
-"""Listeners: how a breaker tells the rest of the program what happened."""
+"""What happened to a breaker: outcomes, typed events, and their delivery.
 
+A breaker collects events while it holds its lock and delivers them after
+releasing it, in the order things happened.  Each event knows which listener
+method it calls (:meth:`Event.send`), so delivery needs no method names.
+Delivery is typed against :class:`Sink`, the shape of
+:class:`cbsync.Listener`, so this module needs nothing from the breaker.
+"""
+
+import enum
 import logging
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Protocol, Sequence
 
 if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
     from ._errors import CircuitOpenError
-    from ._state import OpenReason, State
+    from ._state import State, TransitionReason
 
 logger = logging.getLogger("cbsync")
 
 
-class Listener:
-    """Base class for breaker listeners; every method does nothing.
+class Outcome(enum.Enum):
+    """How a finished call counts.
 
-    Override the methods you need.  They run in the calling thread after the
-    breaker's lock is released, in the order things happened; an exception
-    raised by one is logged on logger ``cbsync`` and never reaches the caller.
-
-    >>> import cbsync
-    >>> class Opened(cbsync.Listener):
-    ...     def on_state_change(self, breaker, old, new, reason):
-    ...         print(breaker.name, old.value, "->", new.value, reason)
-    >>> breaker = cbsync.CircuitBreaker("demo", listeners=[Opened()])
-    >>> breaker.trip("maintenance")
-    demo closed -> forced_open manual=maintenance
+    * ``SUCCESS`` -- the dependency answered: it counts in the window and
+      resets the consecutive-failure streak.
+    * ``FAILURE`` -- the dependency failed: it counts in the window and the streak.
+    * ``IGNORED`` -- neither (an exception matching ``ignore``): it changes no
+      count but the ignored total.
     """
 
-    def on_attach(self, breaker: "CircuitBreaker") -> None:
-        """The listener was added to ``breaker`` (reporters send its state here)."""
+    SUCCESS = "success"
+    FAILURE = "failure"
+    IGNORED = "ignored"
 
-    def on_success(self, breaker: "CircuitBreaker", elapsed: float) -> None:
-        """A call succeeded after ``elapsed`` seconds."""
 
-    def on_failure(
-        self, breaker: "CircuitBreaker", elapsed: float, exc: Optional[BaseException]
-    ) -> None:
-        """A call failed: ``exc`` is its exception, or ``None`` when it returned a
-        value that ``failure_result`` judged a failure."""
+class Sink(Protocol):
+    """What events are delivered to: the methods of :class:`cbsync.Listener`."""
 
-    def on_ignored(self, breaker: "CircuitBreaker", elapsed: float, exc: BaseException) -> None:
-        """A call raised an exception that counts as neither success nor failure."""
+    def on_attach(self, breaker: Any) -> None: ...
 
-    def on_rejected(self, breaker: "CircuitBreaker", error: "CircuitOpenError") -> None:
-        """A call was rejected with ``error``; the function did not run."""
+    def on_success(self, breaker: Any, elapsed: float) -> None: ...
+
+    def on_failure(self, breaker: Any, elapsed: float, exc: Optional[BaseException]) -> None: ...
+
+    def on_ignored(self, breaker: Any, elapsed: float, exc: Optional[BaseException]) -> None: ...
+
+    def on_rejected(self, breaker: Any, error: "CircuitOpenError") -> None: ...
 
     def on_state_change(
-        self, breaker: "CircuitBreaker", old: "State", new: "State", reason: "OpenReason"
+        self, breaker: Any, old: "State", new: "State", reason: "TransitionReason"
+    ) -> None: ...
+
+
+class StateObserver(Protocol):
+    """An internal listener told of every state change, before the listeners
+    (health checks use it to arm and disarm themselves)."""
+
+    def state_changed(self) -> None: ...
+
+
+class Event:
+    """Something that happened to ``breaker``, for its listeners."""
+
+    __slots__ = ("breaker",)
+    #: The listener method this event calls, for log messages.
+    method = ""
+
+    def __init__(self, breaker: Any) -> None:
+        self.breaker = breaker
+
+    def send(self, sink: Sink) -> None:
+        """Call the listener method of this event on ``sink``."""
+        raise NotImplementedError
+
+
+class Attached(Event):
+    """The listener was added to ``breaker``."""
+
+    __slots__ = ()
+    method = "on_attach"
+
+    def send(self, sink: Sink) -> None:
+        sink.on_attach(self.breaker)
+
+
+class Finished(Event):
+    """A call ended after ``elapsed`` seconds; ``outcome`` says how it counts."""
+
+    __slots__ = ("elapsed", "exc", "outcome")
+
+    def __init__(
+        self, breaker: Any, outcome: Outcome, elapsed: float, exc: Optional[BaseException]
     ) -> None:
-        """The breaker moved from ``old`` to ``new`` for ``reason``."""
+        self.breaker = breaker
+        self.outcome = outcome
+        self.elapsed = elapsed
+        self.exc = exc
+
+    @property
+    def method(self) -> str:  # type: ignore[override]
+        return "on_" + self.outcome.value
+
+    def send(self, sink: Sink) -> None:
+        outcome = self.outcome
+        if outcome is Outcome.SUCCESS:
+            sink.on_success(self.breaker, self.elapsed)
+        elif outcome is Outcome.FAILURE:
+            sink.on_failure(self.breaker, self.elapsed, self.exc)
+        else:
+            sink.on_ignored(self.breaker, self.elapsed, self.exc)
 
 
-#: An event waiting to be delivered: the listener method's name and arguments.
-Event = Tuple[str, Tuple[Any, ...]]
+class Rejected(Event):
+    """A call was rejected with ``error``."""
+
+    __slots__ = ("error",)
+    method = "on_rejected"
+
+    def __init__(self, breaker: Any, error: "CircuitOpenError") -> None:
+        self.breaker = breaker
+        self.error = error
+
+    def send(self, sink: Sink) -> None:
+        sink.on_rejected(self.breaker, self.error)
 
 
-def notify(listeners: Sequence[Listener], method: str, args: Tuple[Any, ...]) -> None:
-    """Call ``method`` on every listener; log, never raise, what they raise."""
-    for listener in listeners:
+class StateChanged(Event):
+    """The breaker moved from ``old`` to ``new`` for ``reason``."""
+
+    __slots__ = ("new", "old", "reason")
+    method = "on_state_change"
+
+    def __init__(
+        self, breaker: Any, old: "State", new: "State", reason: "TransitionReason"
+    ) -> None:
+        self.breaker = breaker
+        self.old = old
+        self.new = new
+        self.reason = reason
+
+    def send(self, sink: Sink) -> None:
+        sink.on_state_change(self.breaker, self.old, self.new, self.reason)
+
+
+def deliver(sinks: Sequence[Sink], events: Iterable[Event]) -> None:
+    """Deliver ``events`` in order to every sink; log, never raise, what they raise."""
+    for event in events:
+        for sink in sinks:
+            try:
+                event.send(sink)
+            except Exception:
+                logger.exception(
+                    "cbsync listener %r raised in %s; the call is not affected",
+                    sink,
+                    event.method,
+                )
+
+
+def notify_success(sinks: Sequence[Sink], breaker: Any, elapsed: float) -> None:
+    """Deliver a success without building an event (the lock-free success path)."""
+    for sink in sinks:
         try:
-            getattr(listener, method)(*args)
+            sink.on_success(breaker, elapsed)
         except Exception:
             logger.exception(
-                "cbsync listener %r raised in %s; the call is not affected", listener, method
+                "cbsync listener %r raised in on_success; the call is not affected", sink
             )
-
-
-def notify_success(
-    listeners: Sequence[Listener], breaker: "CircuitBreaker", elapsed: float
-) -> None:
-    """``notify(listeners, "on_success", ...)`` for the lock-free success path."""
-    for listener in listeners:
-        try:
-            listener.on_success(breaker, elapsed)
-        except Exception:
-            logger.exception(
-                "cbsync listener %r raised in on_success; the call is not affected", listener
-            )
-
-
-def deliver(listeners: Sequence[Listener], events: List[Event]) -> None:
-    """Deliver collected events in order."""
-    for method, args in events:
-        notify(listeners, method, args)

@@ -43,6 +43,7 @@ from typing import (
     Iterator,
     List,
     Optional,
+    Protocol,
     Set,
     Tuple,
 )
@@ -53,7 +54,7 @@ from ._fork import ForkGuard
 from ._state import State
 
 if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
+    from ._events import StateObserver
 
 logger = logging.getLogger("cbsync")
 
@@ -80,6 +81,30 @@ def _number(name: str, value: object, low: float, high: float, what: str) -> flo
     return float(value)
 
 
+class Target(Protocol):
+    """What a health check needs of its breaker (the breaker gives it this view)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> State: ...
+
+    def open_token(self) -> Optional[object]:
+        """The breaker's current OPEN state (an opaque token), or ``None`` if not OPEN."""
+
+    def recover(self, token: object, close: bool, active: Callable[[], bool]) -> bool:
+        """Leave OPEN for HALF_OPEN (or CLOSED, with ``close``) if ``token`` is
+        still the current state and ``active()`` holds, both read under the
+        breaker's lock; whether it did."""
+
+    def watch(self, observer: "StateObserver") -> None:
+        """Tell ``observer`` of every state change from now on (under the breaker's lock)."""
+
+    def unwatch(self, observer: "StateObserver") -> None:
+        """Stop telling ``observer`` (under the breaker's lock)."""
+
+
 class HealthCheckHandle:
     """A health check registered on a breaker; :meth:`stop` unregisters it.
 
@@ -95,6 +120,7 @@ class HealthCheckHandle:
         "_runs",
         "_scheduler",
         "_stopped",
+        "_target",
         "interval",
         "jitter",
         "max_interval",
@@ -105,7 +131,8 @@ class HealthCheckHandle:
     def __init__(
         self,
         scheduler: "Scheduler",
-        breaker: "CircuitBreaker",
+        target: Target,
+        breaker: Any,
         check: Callable[[], object],
         interval: float,
         max_interval: float,
@@ -114,6 +141,8 @@ class HealthCheckHandle:
         on_healthy: str,
     ) -> None:
         self._scheduler = scheduler
+        self._target = target
+        #: Kept alive while the check is registered (the target holds it weakly).
         self._breaker = breaker
         self._check = check
         self.interval = interval
@@ -129,8 +158,8 @@ class HealthCheckHandle:
         self._runs = 0
 
     @property
-    def breaker(self) -> "CircuitBreaker":
-        """The breaker this check recovers."""
+    def breaker(self) -> Any:
+        """The :class:`~cbsync.CircuitBreaker` this check recovers."""
         return self._breaker
 
     @property
@@ -151,6 +180,10 @@ class HealthCheckHandle:
         """
         self._scheduler.unregister(self)
 
+    def state_changed(self) -> None:
+        """The breaker changed state (it tells its observers): arm or disarm the check."""
+        self._scheduler.state_changed(self)
+
     def _wait(self, n: int, rng: random.Random) -> float:
         """The ``n``-th wait: ``min(interval * multiplier**n, max_interval)``
         scattered by ± ``jitter`` (a fraction of it)."""
@@ -166,7 +199,7 @@ class HealthCheckHandle:
     def __repr__(self) -> str:
         return "<HealthCheckHandle {!r} of {!r} every {}s..{}s{}>".format(
             self._check,
-            self._breaker.name,
+            self._target.name,
             self.interval,
             self.max_interval,
             "" if self.active else " stopped",
@@ -222,7 +255,8 @@ class Scheduler:
 
     def register(
         self,
-        breaker: "CircuitBreaker",
+        target: Target,
+        breaker: Any,
         check: Callable[[], object],
         *,
         interval: Duration = 1.0,
@@ -231,7 +265,8 @@ class Scheduler:
         jitter: float = 0.1,
         on_healthy: str = "half_open",
     ) -> HealthCheckHandle:
-        """Validate the arguments and register ``check`` for ``breaker``."""
+        """Validate the arguments and register ``check`` for ``breaker``,
+        seen through ``target``."""
         if not callable(check):
             raise ConfigError(
                 "check={!r} must be a callable taking no arguments (an exception or a "
@@ -248,10 +283,17 @@ class Scheduler:
         if on_healthy not in ON_HEALTHY:
             raise ConfigError("on_healthy={!r} must be 'half_open' or 'close'".format(on_healthy))
         handle = HealthCheckHandle(
-            self, breaker, check, interval_s, max_interval_s, multiplier_f, jitter_f, on_healthy
+            self,
+            target,
+            breaker,
+            check,
+            interval_s,
+            max_interval_s,
+            multiplier_f,
+            jitter_f,
+            on_healthy,
         )
-        with breaker._lock:
-            breaker._health_checks = (*breaker._health_checks, handle)
+        target.watch(handle)
         self._fork.check()
         with self._locked():
             self._checks.add(handle)
@@ -269,11 +311,9 @@ class Scheduler:
             self._armed.pop(handle, None)
             # Wake the scheduler: it exits when nothing is left.
             self._wake.notify()
-        breaker = handle._breaker
-        # Taking the breaker's lock orders this stop() after a recovery that
-        # already saw the handle active (see CircuitBreaker._recover).
-        with breaker._lock:
-            breaker._health_checks = tuple(h for h in breaker._health_checks if h is not handle)
+        # unwatch() takes the breaker's lock, which orders this stop() after
+        # a recovery that already saw the handle active (see Target.recover).
+        handle._target.unwatch(handle)
 
     def state_changed(self, handle: HealthCheckHandle) -> None:
         """``handle``'s breaker changed state: arm or disarm its check."""
@@ -306,7 +346,7 @@ class Scheduler:
     def _sync(self, handle: HealthCheckHandle, now: float) -> None:
         if handle._stopped or handle._running or handle not in self._checks:
             return
-        state = handle._breaker.state
+        state = handle._target.state
         if state is State.OPEN:
             if handle not in self._armed:
                 wait = handle._wait(handle._failures, self._random)
@@ -316,7 +356,7 @@ class Scheduler:
                         logging.DEBUG,
                         "cbsync health check %r of %r: next in %.3fs (n=%d)",
                         handle._check,
-                        handle._breaker.name,
+                        handle._target.name,
                         wait,
                         handle._failures,
                     )
@@ -344,11 +384,11 @@ class Scheduler:
         self._thread = thread
 
     def _dispatch(self, handle: HealthCheckHandle) -> None:
-        current = handle._breaker._current
-        if current.state is not State.OPEN:
+        token = handle._target.open_token()
+        if token is None:
             return
         handle._running = True
-        self._jobs.append((handle, current))
+        self._jobs.append((handle, token))
         if self._workers - self._busy < len(self._jobs) and self._workers < MAX_CHECK_THREADS:
             worker = threading.Thread(target=self._work, name="cbsync-health-check", daemon=True)
             try:
@@ -430,7 +470,7 @@ class Scheduler:
                 logger.debug(
                     "cbsync health check %r of %r raised: unhealthy",
                     handle._check,
-                    handle._breaker.name,
+                    handle._target.name,
                     exc_info=True,
                 )
             else:
@@ -438,10 +478,10 @@ class Scheduler:
                     logger.debug(
                         "cbsync health check %r of %r answered falsy: unhealthy",
                         handle._check,
-                        handle._breaker.name,
+                        handle._target.name,
                     )
             if healthy and not handle._stopped:
-                handle._breaker._recover(
+                handle._target.recover(
                     started_under, handle.on_healthy == "close", lambda: handle.active
                 )
         finally:
@@ -471,9 +511,3 @@ _SCHEDULER = Scheduler()
 def scheduler() -> Scheduler:
     """The scheduler shared by every breaker of the process."""
     return _SCHEDULER
-
-
-def state_changed(breaker: "CircuitBreaker") -> None:
-    """Called by a breaker after it changed state (its lock released)."""
-    for handle in breaker._health_checks:
-        handle._scheduler.state_changed(handle)

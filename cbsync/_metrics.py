@@ -107,6 +107,8 @@ class MetricsSnapshot(NamedTuple):
 
     Totals count since the breaker's creation or its last ``reset()``;
     latencies are in seconds; ``transitions`` holds the last 100 state changes.
+    ``dropped_permits`` counts permits (``breaker.acquire()``) that were
+    garbage-collected without an outcome: a bug in the code that took them.
     """
 
     name: str
@@ -125,3 +127,4 @@ class MetricsSnapshot(NamedTuple):
     average_latency: Optional[float]
     p99_latency: Optional[float]
     transitions: Tuple[StateTransition, ...]
+    dropped_permits: int = 0

@@ -6,15 +6,16 @@ once.  The settings of a breaker are, from weakest to strongest: the built-in
 defaults, the ``default`` profile, the profile named by ``profile=`` (or,
 failing that, a profile named like the breaker), and keyword overrides.
 
-There is one process-wide default registry, ``cbsync.registry``.  Everything
-that takes ``registry=None`` (``@circuit``, ``patch()``, the integrations)
-looks the default up with :func:`default_registry` each time it needs a
-breaker, never once and for all, so that swapping it (as the pytest fixture
-``breaker_registry`` does through :func:`set_default_registry`) takes effect
-for code decorated long before.
+There is one process-wide default registry, :func:`default_registry`.
+Everything that takes ``registry=None`` (``@circuit``, ``patch()``, the
+integrations) looks the default up each time it needs a breaker, never once
+and for all, so that swapping it (as the pytest fixture ``breaker_registry``
+does through :func:`set_default_registry`) takes effect for code decorated
+long before.  ``cbsync.registry`` is a stable stand-in that delegates every
+call to the current default, so ``from cbsync import registry`` never goes
+stale.
 """
 
-import sys
 import threading
 from typing import (
     Any,
@@ -29,10 +30,9 @@ from typing import (
     Tuple,
 )
 
-from ._breaker import CircuitBreaker, _check_listener
+from ._breaker import CircuitBreaker, Listener, announce, check_listener, unannounced
 from ._config import FIELD_NAMES, CircuitBreakerConfig, did_you_mean
 from ._errors import ConfigError
-from ._events import Listener, deliver
 from ._fork import ForkGuard
 from ._metrics import MetricsSnapshot
 
@@ -112,10 +112,16 @@ class Registry:
     (3, 10.0)
     >>> registry.get("orders-db", profile="database") is db
     True
+    >>> registry["orders-db"] is registry.get("orders-db") is db
+    True
     >>> registry.get("billing", failure_threshold=2).config.timeout
     30.0
     >>> "billing" in registry, len(registry)
     (True, 2)
+    >>> registry["biling"]
+    Traceback (most recent call last):
+    ...
+    KeyError: "no circuit breaker 'biling' in this registry; did you mean 'billing'?"
     """
 
     def __init__(
@@ -130,7 +136,7 @@ class Registry:
             raise ConfigError("clock={!r} must be a callable returning seconds".format(clock))
         listeners = tuple(listeners)
         for listener in listeners:
-            _check_listener(listener)
+            check_listener(listener)
         # Guards profiles, breakers and listeners.  Held only for bookkeeping:
         # no user code (a listener's on_attach, a store's bind) runs under it,
         # so such code may hand work to another thread that uses the registry.
@@ -213,8 +219,11 @@ class Registry:
 
         Its settings: the ``default`` profile, overlaid with ``profile`` (or,
         if there is no such profile, the profile named ``name``, if any), then
-        with ``overrides``.  Asking again returns the same object; asking with
-        arguments that give a different configuration raises
+        with ``overrides``.  Asking again returns the same object:
+        ``get(name)`` with neither ``profile`` nor overrides returns an
+        existing breaker as it is, however it was created (``registry[name]``
+        does too, without creating one); asking with an explicit profile or
+        overrides that give a different configuration raises
         :class:`~cbsync.ConfigError`.  Safe to call from any thread: threads
         racing for a new name all get one breaker.
 
@@ -225,7 +234,10 @@ class Registry:
         and the others are dropped before any listener sees them.
         """
         entry = self._breakers.get(name)
-        if entry is not None and entry.profile == profile and entry.overrides == overrides:
+        if entry is not None and (
+            (profile is None and not overrides)
+            or (entry.profile == profile and entry.overrides == overrides)
+        ):
             return entry.breaker
         settings = normalize_settings(overrides, "breaker {!r}".format(name))
         while True:
@@ -234,25 +246,37 @@ class Registry:
                 entry = self._breakers.get(name)
                 if entry is not None:
                     return _same_config(entry, config)
+                listeners = self._listeners
             # Built without the lock, as the store's bind() runs in the
             # constructor; threads racing for a new name may each build one.
-            candidate = CircuitBreaker(name, config, clock=self._clock, store=self._store)
+            # Its listeners are set before it is published, so that no event
+            # of a call made through it is lost; on_attach follows, unlocked.
+            candidate = unannounced(
+                name, config, clock=self._clock, store=self._store, listeners=listeners
+            )
             with self._lock:
                 entry = self._breakers.get(name)
                 if entry is not None:
                     # Another thread published first: this candidate, which no
                     # listener has seen, is dropped.
                     return _same_config(entry, config)
-                if self._resolve(self._profiles, name, profile, settings) != config:
-                    continue  # configure() changed the profiles meanwhile: build again
-                listeners = self._listeners
-                # Set before the breaker is published, so that no event of a
-                # call made through it is lost; on_attach follows, unlocked.
-                # Nothing else can reach the candidate yet, hence no breaker lock.
-                candidate._listeners = listeners
+                if (
+                    self._resolve(self._profiles, name, profile, settings) != config
+                    or self._listeners != listeners
+                ):
+                    continue  # configure() or add_listener() meanwhile: build again
                 self._breakers[name] = _Entry(candidate, profile, dict(overrides))
-            deliver(listeners, [("on_attach", (candidate,))])
+            announce(candidate, listeners)
             return candidate
+
+    def __getitem__(self, name: str) -> CircuitBreaker:
+        """The existing breaker called ``name``; ``KeyError`` (suggesting a
+        close name) if there is none.  Never creates one."""
+        entry = self._breakers.get(name)
+        if entry is None:
+            hint = did_you_mean(name, list(self._breakers)) if isinstance(name, str) else ""
+            raise KeyError("no circuit breaker {!r} in this registry{}".format(name, hint))
+        return entry.breaker
 
     def __iter__(self) -> Iterator[str]:
         """The breakers' names, in the order they were created."""
@@ -279,7 +303,7 @@ class Registry:
 
     def add_listener(self, listener: Listener) -> None:
         """Add ``listener`` to every breaker, present and future."""
-        _check_listener(listener)
+        check_listener(listener)
         with self._lock:
             if listener in self._listeners:
                 return
@@ -376,33 +400,98 @@ def _differences(old: CircuitBreakerConfig, new: CircuitBreakerConfig) -> str:
     return "; ".join(parts)
 
 
-#: The process-wide default registry (``cbsync.registry``).
+class _DefaultRegistry(Registry):
+    """``cbsync.registry``: a stand-in for whatever registry is the default now.
+
+    Every method and property is the current default registry's
+    (:func:`default_registry`), looked up at each use, so a reference taken
+    early -- ``from cbsync import registry`` at import time -- follows the
+    pytest fixture's swap.  It holds nothing itself.
+    """
+
+    def __init__(self) -> None:
+        """Nothing to build: the state is the default registry's."""
+
+    def configure(self, profiles: Mapping[str, Mapping[str, Any]]) -> None:
+        _default.configure(profiles)
+
+    @property
+    def profiles(self) -> Tuple[str, ...]:
+        return _default.profiles
+
+    def profile_settings(self, profile: str) -> Settings:
+        return _default.profile_settings(profile)
+
+    def config_for(
+        self, name: str, profile: Optional[str] = None, **overrides: Any
+    ) -> CircuitBreakerConfig:
+        return _default.config_for(name, profile, **overrides)
+
+    def get(self, name: str, profile: Optional[str] = None, **overrides: Any) -> CircuitBreaker:
+        return _default.get(name, profile, **overrides)
+
+    def __getitem__(self, name: str) -> CircuitBreaker:
+        return _default[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_default)
+
+    def __contains__(self, item: object) -> bool:
+        return item in _default
+
+    def __len__(self) -> int:
+        return len(_default)
+
+    def snapshot(self) -> Dict[str, MetricsSnapshot]:
+        return _default.snapshot()
+
+    def add_listener(self, listener: Listener) -> None:
+        _default.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        _default.remove_listener(listener)
+
+    def __repr__(self) -> str:
+        return "<cbsync.registry, now {!r}>".format(_default)
+
+
+#: The process-wide default registry.
 _default = Registry()
+#: ``cbsync.registry``.
+registry: Registry = _DefaultRegistry()
 
 
 def default_registry() -> Registry:
-    """The process-wide default registry, as it is now."""
+    """The process-wide default registry, as it is now.
+
+    ``cbsync.registry`` always delegates to it; this returns the registry
+    object itself (the one the ``breaker_registry`` fixture installs, in a
+    test).
+    """
     return _default
 
 
 def set_default_registry(registry: Registry) -> Registry:
     """Install ``registry`` as the process default; return the previous one.
 
-    Keeps ``cbsync.registry`` pointing at the same object.
+    ``cbsync.registry`` follows it (it delegates to the current default).
     """
     global _default
-    if not isinstance(registry, Registry):
-        raise ConfigError("registry={!r} must be a cbsync.Registry".format(registry))
+    if not isinstance(registry, Registry) or isinstance(registry, _DefaultRegistry):
+        raise ConfigError(
+            "registry={!r} must be a cbsync.Registry (not cbsync.registry itself, "
+            "which stands for the default)".format(registry)
+        )
     previous = _default
     _default = registry
-    package = sys.modules.get(__package__ or "cbsync")
-    if package is not None:
-        package.registry = registry  # type: ignore[attr-defined]
     return previous
 
 
 def resolve_registry(registry: Optional[Registry]) -> Registry:
-    """``registry``, or the current default when it is ``None``."""
-    if registry is None:
+    """``registry``, or the current default when it is ``None``.
+
+    ``cbsync.registry`` given explicitly also means the current default.
+    """
+    if registry is None or isinstance(registry, _DefaultRegistry):
         return _default
     return registry

@@ -2,7 +2,7 @@
 
 import datetime
 import enum
-from typing import NamedTuple, Union
+from typing import Literal, NamedTuple, Tuple, Union, get_args
 
 
 class State(enum.Enum):
@@ -15,7 +15,27 @@ class State(enum.Enum):
     DISABLED = "disabled"
 
 
-class OpenReason(NamedTuple):
+#: Why a breaker moved.  The first five open a circuit (and are the only
+#: ones a :class:`~cbsync.CircuitOpenError` carries); the others move it on.
+ReasonKind = Literal[
+    "consecutive_failures",
+    "failure_rate",
+    "slow_call_rate",
+    "manual",
+    "remote",
+    "open_period_elapsed",
+    "trial_successes",
+    "health_check",
+    "reset",
+    "disabled",
+    "unknown",
+]
+
+#: Every :data:`ReasonKind`, in the order above.
+REASON_KINDS: Tuple[str, ...] = get_args(ReasonKind)
+
+
+class TransitionReason(NamedTuple):
     """Why a breaker changed state: a ``kind`` and the ``value`` behind it.
 
     Kinds that open a circuit: ``"consecutive_failures"`` (value: the count;
@@ -26,13 +46,16 @@ class OpenReason(NamedTuple):
 
     The other transitions carry a reason too: ``"open_period_elapsed"``,
     ``"trial_successes"`` (value: the count), ``"health_check"``, ``"reset"``
-    and ``"disabled"``.
+    and ``"disabled"``; ``"unknown"`` is what a shared store reports for a
+    breaker that never changed state.  ``kind`` is a plain string, so it
+    compares, prints and serialises as one; :data:`ReasonKind` lists them
+    for type checkers.
 
-    >>> str(OpenReason("failure_rate", 0.6))
+    >>> str(TransitionReason("failure_rate", 0.6))
     'failure_rate=0.6'
     """
 
-    kind: str
+    kind: ReasonKind
     value: Union[int, float, str, None] = None
 
     def __str__(self) -> str:
@@ -41,10 +64,14 @@ class OpenReason(NamedTuple):
         return "{}={}".format(self.kind, self.value)
 
 
+#: The name :class:`TransitionReason` had before it carried closing reasons too.
+OpenReason = TransitionReason
+
+
 class StateTransition(NamedTuple):
     """One state change; ``at`` is wall-clock UTC time, for people to read."""
 
     old: State
     new: State
-    reason: OpenReason
+    reason: TransitionReason
     at: datetime.datetime

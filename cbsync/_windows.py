@@ -2,7 +2,9 @@
 
 A window counts *calls* (successes and failures; ignored calls never enter
 it), *failures* and *slow calls*.  Deciding whether those counts open a circuit
-is the breaker's business, not the window's.
+is the breaker's business, not the window's.  ``bucket_end`` tells until
+when calls land in the current bucket: successes ending before it can be
+added in a batch (``record_successes``) without moving the window.
 """
 
 import math
@@ -23,7 +25,7 @@ class CountWindow:
     running totals), O(1) to read; memory is ``size`` bytes.
     """
 
-    __slots__ = ("_next", "_ring", "calls", "failures", "fast_until", "slow")
+    __slots__ = ("_next", "_ring", "bucket_end", "calls", "failures", "slow")
 
     def __init__(self, size: int) -> None:
         self._ring = bytearray(size)
@@ -33,7 +35,7 @@ class CountWindow:
         self.slow = 0
         #: A call ending before this clock reading may be recorded without
         #: rotating the window first; a count window never needs rotating.
-        self.fast_until = math.inf
+        self.bucket_end = math.inf
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
         code = _PRESENT | (_FAILURE if failed else 0) | (_SLOW if slow else 0)
@@ -51,7 +53,7 @@ class CountWindow:
         self.slow += (code & _SLOW) >> 1
 
     def record_successes(self, count: int) -> None:
-        """Record ``count`` successes that ended before ``fast_until``."""
+        """Record ``count`` successes that ended before ``bucket_end``."""
         for _ in range(min(count, len(self._ring))):
             self.record(0.0, False, False)
 
@@ -83,9 +85,9 @@ class TimeWindow:
         "_failures",
         "_slow",
         "_width",
+        "bucket_end",
         "calls",
         "failures",
-        "fast_until",
         "slow",
     )
 
@@ -99,20 +101,20 @@ class TimeWindow:
         self.failures = 0
         self.slow = 0
         #: End edge of the current bucket; ``-inf`` until the first call.
-        self.fast_until = -math.inf
+        self.bucket_end = -math.inf
 
     def _advance(self, now: float) -> None:
-        if now < self.fast_until:
+        if now < self.bucket_end:
             return
         n = len(self._calls)
-        if self.fast_until == -math.inf:
+        if self.bucket_end == -math.inf:
             steps = n
         else:
-            steps = int((now - self.fast_until) // self._width) + 1
+            steps = int((now - self.bucket_end) // self._width) + 1
         if steps >= n:
             self._clear_buckets()
             # Align the edge to the clock so a long idle gap costs O(buckets).
-            self.fast_until = now + self._width
+            self.bucket_end = now + self._width
             return
         i = self._current
         for _ in range(steps):
@@ -122,7 +124,7 @@ class TimeWindow:
             self.slow -= self._slow[i]
             self._calls[i] = self._failures[i] = self._slow[i] = 0
         self._current = i
-        self.fast_until += steps * self._width
+        self.bucket_end += steps * self._width
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
         self._advance(now)
@@ -137,7 +139,7 @@ class TimeWindow:
             self.slow += 1
 
     def record_successes(self, count: int) -> None:
-        """Record ``count`` successes that ended before ``fast_until``.
+        """Record ``count`` successes that ended before ``bucket_end``.
 
         They belong to the current bucket, so the window is not advanced.
         """
@@ -159,4 +161,4 @@ class TimeWindow:
 
     def clear(self) -> None:
         self._clear_buckets()
-        self.fast_until = -math.inf
+        self.bucket_end = -math.inf

@@ -113,13 +113,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
-from cbsync import CircuitBreaker, ConfigError, OpenReason, State
-from cbsync._config import parse_duration
-from cbsync._fork import ForkGuard
-from cbsync._store import LocalTransition, RemoteState, StoreBinding, TrialVerdict
-from cbsync._windows import TIME_BUCKETS
+from cbsync import ConfigError, State, TransitionReason
+from cbsync.stores import BreakerHandle, LocalTransition, RemoteState, StoreBinding, TrialVerdict
+from cbsync.toolkit import ForkGuard, parse_duration
 
-__all__ = ["FleetBreaker", "RedisStore"]
+__all__ = ["FleetBreaker", "FleetStatus", "RedisStore"]
 
 logger = logging.getLogger("cbsync")
 
@@ -132,6 +130,8 @@ KEY_TTL = 86400.0
 #: A HALF_OPEN trial lease lasts ``max(LEASE_FLOOR, 8 * sync_interval)`` seconds,
 #: renewed every sync while its call runs: a dead holder frees it that fast.
 LEASE_FLOOR = 1.0
+#: Time buckets of the fleet's window (as many as a local time-based window has).
+TIME_BUCKETS = 20
 #: Bounds of ``sync_interval``, seconds.
 MIN_SYNC_INTERVAL = 0.01
 MAX_SYNC_INTERVAL = 60.0
@@ -404,8 +404,8 @@ def _decode(text: str) -> Union[int, float, str, None]:
     return text
 
 
-def _reason(kind: object, value: object) -> OpenReason:
-    return OpenReason(_text(kind) or "unknown", _decode(_text(value)))
+def _reason(kind: object, value: object) -> TransitionReason:
+    return TransitionReason(_text(kind) or "unknown", _decode(_text(value)))  # type: ignore[arg-type]
 
 
 def _capped(calls: int, failures: int, slow: int, cap: int) -> Tuple[int, int, int]:
@@ -433,19 +433,6 @@ def _per_breaker(exc: BaseException) -> bool:
         return False
     code = str(exc).split(" ", 1)[0]
     return code not in _SERVER_WIDE_CODES
-
-
-def _counts_at_fork(breaker: CircuitBreaker) -> Tuple[int, int, int]:
-    """A breaker's ``(calls, failures, slow)`` totals, read without its lock.
-
-    What ``breaker._totals()`` returns, without folding the fast successes
-    (they are successes, never slow).  For the fork hooks, which must not
-    take a lock that may be a copy held by a thread of the parent: right
-    after ``os.fork()`` the child has one thread, so the read is exact.
-    """
-    failures = breaker._failures
-    calls = breaker._successes + len(breaker._pending) + failures
-    return calls, failures, breaker._slow_calls
 
 
 class _Reply(NamedTuple):
@@ -484,7 +471,7 @@ def _where(client: Any) -> str:
     )
 
 
-class FleetBreaker(NamedTuple):
+class FleetStatus(NamedTuple):
     """One breaker as Redis holds it, for operators (:meth:`RedisStore.fleet_status`).
 
     ``reason`` is why the fleet is in ``state`` (kind ``"unknown"`` for a
@@ -497,7 +484,7 @@ class FleetBreaker(NamedTuple):
 
     name: str
     state: State
-    reason: OpenReason
+    reason: TransitionReason
     retry_after: Optional[float]
     window_calls: int
     window_failure_rate: Optional[float]
@@ -506,6 +493,10 @@ class FleetBreaker(NamedTuple):
     trial_calls: int
     changed_at: Optional[datetime.datetime]
     changed_by: str
+
+
+#: The name :class:`FleetStatus` had: it is a status row, not a breaker.
+FleetBreaker = FleetStatus
 
 
 class _Pub:
@@ -544,18 +535,19 @@ class _Binding(StoreBinding):
 
     Every attribute but ``shared`` and ``refusing`` is read and written with
     the breaker's lock held (by the breaker's hooks, or through
-    ``breaker._synchronise``); Redis is only ever called without it.
+    ``handle.synchronise``); Redis is only ever called without it.
     """
 
-    def __init__(self, store: "RedisStore", breaker: CircuitBreaker) -> None:
+    def __init__(self, store: "RedisStore", handle: BreakerHandle) -> None:
         self._store = store
-        self._breaker = weakref.ref(breaker)
-        self.name = breaker.name
-        escaped = _escape(breaker.name)
+        #: The breaker, as a store sees it (held weakly by the handle).
+        self.handle = handle
+        self.name = handle.name
+        escaped = _escape(handle.name)
         prefix = store.prefix
         self.escaped = escaped
         self.keys = (prefix + "s:" + escaped, prefix + "w:" + escaped, prefix + "l:" + escaped)
-        config = breaker.config
+        config = handle.config
         self._bucket_ms = max(1, int(config.failure_window * 1000 / TIME_BUCKETS))
         self._cap = config.window_size if config.window_type == "count_based" else 0
         self._max_calls = config.half_open_max_calls
@@ -595,8 +587,8 @@ class _Binding(StoreBinding):
         self._error_logged = -math.inf
 
     @property
-    def breaker(self) -> Optional[CircuitBreaker]:
-        return self._breaker()
+    def alive(self) -> bool:
+        return self.handle.alive
 
     # -- hooks called by the breaker (lock held, no I/O) ------------------------
 
@@ -604,10 +596,9 @@ class _Binding(StoreBinding):
         self, calls: int, failures: int, slow: int, consecutive: int
     ) -> Tuple[int, int, int, int]:
         self._store._ensure_thread()
-        breaker = self._breaker()
-        if not self.shared or breaker is None:
+        if not self.shared:
             return calls, failures, slow, consecutive
-        total, total_failures, total_slow, _ = breaker._totals()
+        total, total_failures, total_slow, _ = self.handle.totals()
         mark_calls, mark_failures, mark_slow = self._marks
         new_calls = max(0, total - mark_calls)
         new_failures = max(0, total_failures - mark_failures)
@@ -669,9 +660,8 @@ class _Binding(StoreBinding):
         if self._pid == pid:
             return
         self._pid = pid
-        breaker = self._breaker()
-        if breaker is not None:
-            self._marks = _counts_at_fork(breaker)
+        if self.handle.alive:
+            self._marks = self.handle.totals_at_fork()[:3]
         self._rebase = False
         self.shared = False
         self._pubs = []
@@ -721,16 +711,10 @@ class _Binding(StoreBinding):
             return False  # this breaker has news of its own to publish first
         known = self._version
         version = remote.version
-        breaker = self._breaker()
-        if breaker is None:
-            return False
+        state = self.handle.state
         if known is not None and known[0] == version[0] and version[1] <= known[1]:
             # Nothing new; but OPEN periods run on the server's clock: realign ours.
-            return (
-                version[1] == known[1]
-                and remote.state is State.OPEN
-                and breaker.state is State.OPEN
-            )
+            return version[1] == known[1] and remote.state is State.OPEN and state is State.OPEN
         self._version = version
         # A new version means a new period in Redis, where it already dropped the
         # leases; releasing them again is harmless and never leaves one behind.
@@ -739,18 +723,14 @@ class _Binding(StoreBinding):
         if remote.state is State.CLOSED and known is not None:
             self._new_window()
         # At first contact with both CLOSED there is nothing to change: keep the local window.
-        return not (
-            known is None and remote.state is State.CLOSED and breaker.state is State.CLOSED
-        )
+        return not (known is None and remote.state is State.CLOSED and state is State.CLOSED)
 
     def _new_window(self) -> None:
         # A closed circuit starts a new window, here and in Redis: forget the
         # fleet's old counts, and the local ones not flushed yet (lock held).
         self._fleet = (0, 0, 0, 0)
         self._rebases += 1
-        breaker = self._breaker()
-        if breaker is not None:
-            self._marks = breaker._totals()[:3]
+        self._marks = self.handle.totals()[:3]
 
     def trial_settled(self, verdict: TrialVerdict, taken: bool) -> None:
         if taken:
@@ -762,14 +742,12 @@ class _Binding(StoreBinding):
     # -- trial permits (caller's thread, no lock) -----------------------------------
 
     def request_trial(self) -> Optional[TrialVerdict]:
-        breaker = self._breaker()
         store = self._store
-        if breaker is None or not store._usable():
+        if not store._usable():
             return None
-        current = breaker._current
+        handle = self.handle
         if self.refusing or (
-            current.state is State.HALF_OPEN
-            and getattr(current, "in_flight", 0) >= self._max_calls
+            handle.state is State.HALF_OPEN and handle.trial_calls >= self._max_calls
         ):
             return TrialVerdict(False, None, "")
         lease = store._new_lease()
@@ -792,12 +770,10 @@ class _Binding(StoreBinding):
 
     # -- rounds (flusher thread; these run under the breaker's lock) -----------------
 
-    def collect(self) -> Optional[_Work]:
+    def collect(self) -> _Work:
         """Take what this breaker has to send (lock held)."""
-        breaker = self._breaker()
-        if breaker is None:
-            return None
-        calls, failures, slow, consecutive = breaker._totals()
+        handle = self.handle
+        calls, failures, slow, consecutive = handle.totals()
         if self._rebase:
             self._rebase = False
             self._marks = (calls, failures, slow)
@@ -812,7 +788,7 @@ class _Binding(StoreBinding):
             known = self._version
             remaining = 0.0
             if pub.until is not None:
-                remaining = max(0.0, pub.until - breaker._now())
+                remaining = max(0.0, pub.until - handle.now())
             pub_args = [
                 self.escaped,
                 store._origin,
@@ -845,7 +821,7 @@ class _Binding(StoreBinding):
             TIME_BUCKETS,
             self._cap,
             *self._judge_args,
-            int(breaker._open_period() * 1000),
+            int(handle.open_period() * 1000),
             self._success_threshold,
             trial_successes,
             trial_version[0] if trial_version is not None else "",
@@ -880,9 +856,6 @@ class _Binding(StoreBinding):
     ) -> Optional[RemoteState]:
         """Take in a round's answers; return the fleet state to adopt (lock held)."""
         store = self._store
-        breaker = self._breaker()
-        if breaker is None:
-            return None
         # Read the replies first: one this breaker cannot read changes nothing.
         synced = _parse(sync_reply, store._origin)
         published = _parse(pub_reply, store._origin) if pub_reply is not None else None
@@ -899,9 +872,6 @@ class _Binding(StoreBinding):
         self, work: _Work, published: Optional[_Reply], synced: _Reply
     ) -> Optional[RemoteState]:
         store = self._store
-        breaker = self._breaker()
-        if breaker is None:
-            return None
         if work.pub is not None and published is not None:
             if self._pubs and self._pubs[0] is work.pub:
                 del self._pubs[0]
@@ -917,10 +887,10 @@ class _Binding(StoreBinding):
         if remote.version[1] == 0:
             # A state no process ever moved: new, or Redis lost its data.
             self._version = remote.version
-            current = breaker.state
-            if current not in (State.CLOSED, State.DISABLED):
-                reason = getattr(breaker._current, "reason", OpenReason("remote"))
-                self._pubs.append(_Pub(breaker._describe(State.CLOSED, reason)))
+            handle = self.handle
+            if handle.state not in (State.CLOSED, State.DISABLED):
+                reason = handle.reason() or TransitionReason("remote")
+                self._pubs.append(_Pub(handle.describe(State.CLOSED, reason)))
                 store._wake_up()
             return None
         if self.accept_remote(remote):
@@ -1034,8 +1004,9 @@ class RedisStore:
 
     # -- public API -------------------------------------------------------------------
 
-    def bind(self, breaker: CircuitBreaker) -> StoreBinding:
-        """Link ``breaker`` to this store (called by the breaker; no I/O)."""
+    def bind(self, breaker: BreakerHandle) -> StoreBinding:
+        """Link a breaker to this store (called by the breaker with its
+        handle; no I/O)."""
         self._fork.check()
         if self._closed:
             raise ConfigError("{!r} is closed; create a new store".format(self))
@@ -1083,7 +1054,7 @@ class RedisStore:
         if self._own_client:
             self._client.connection_pool.disconnect()
 
-    def fleet_status(self) -> List[FleetBreaker]:
+    def fleet_status(self) -> List[FleetStatus]:
         """Every breaker in use under the prefix, as Redis holds it, sorted by name.
 
         One round trip for the names and one pipelined for the states; raises
@@ -1096,19 +1067,19 @@ class RedisStore:
         pipe = self._client.pipeline(transaction=False)
         for escaped in names:
             self._status_script(keys=self._keys(escaped), args=[], client=pipe)
-        result: List[FleetBreaker] = []
+        result: List[FleetStatus] = []
         for escaped, reply in zip(names, pipe.execute()):
             if reply:
                 result.append(self._fleet_breaker(urllib.parse.unquote(escaped), reply))
         return result
 
-    def trip(self, name: str, reason: str = "manual") -> FleetBreaker:
+    def trip(self, name: str, reason: str = "manual") -> FleetStatus:
         """Force breaker ``name`` open in every process (FORCED_OPEN, reason kind "manual")."""
-        return self._force(name, State.FORCED_OPEN, OpenReason("manual", reason))
+        return self._force(name, State.FORCED_OPEN, TransitionReason("manual", reason))
 
-    def reset(self, name: str) -> FleetBreaker:
+    def reset(self, name: str) -> FleetStatus:
         """Close breaker ``name`` in every process and clear its fleet window and backoff."""
-        return self._force(name, State.CLOSED, OpenReason("reset"))
+        return self._force(name, State.CLOSED, TransitionReason("reset"))
 
     @property
     def server(self) -> str:
@@ -1129,7 +1100,7 @@ class RedisStore:
             self._index,
         ]
 
-    def _force(self, name: str, state: State, reason: OpenReason) -> FleetBreaker:
+    def _force(self, name: str, state: State, reason: TransitionReason) -> FleetStatus:
         if not isinstance(name, str) or not name:
             raise ConfigError("name={!r} must be a non-empty string".format(name))
         escaped = _escape(name)
@@ -1143,12 +1114,12 @@ class RedisStore:
         reply = self._status_script(keys=self._keys(escaped), args=[], client=self._client)
         return self._fleet_breaker(name, reply)
 
-    def _fleet_breaker(self, name: str, reply: Sequence[Any]) -> FleetBreaker:
+    def _fleet_breaker(self, name: str, reply: Sequence[Any]) -> FleetStatus:
         parsed = _parse(reply, "")
         calls, failures, slow, consecutive, leases, _, _, cap = parsed.extra[:8]
         calls, failures, slow = _capped(calls, failures, slow, cap)
         remote = parsed.remote
-        return FleetBreaker(
+        return FleetStatus(
             name=name,
             state=remote.state,
             reason=remote.reason,
@@ -1244,7 +1215,7 @@ class RedisStore:
 
     def _live(self) -> List[_Binding]:
         with self._lock:
-            live = [binding for binding in self._bindings if binding.breaker is not None]
+            live = [binding for binding in self._bindings if binding.alive]
             self._bindings = live
         return list(live)
 
@@ -1267,21 +1238,16 @@ class RedisStore:
             self._round_started = time.monotonic()
             works: List[_Work] = []
             for binding in self._live():
-                breaker = binding.breaker
-                if breaker is None:
-                    continue
                 holder: List[_Work] = []
 
                 def collect(
                     binding: _Binding = binding, holder: List[_Work] = holder
                 ) -> Optional[RemoteState]:
-                    work = binding.collect()
-                    if work is not None:
-                        holder.append(work)
+                    holder.append(binding.collect())
                     return None
 
                 try:
-                    breaker._synchronise(collect)
+                    binding.handle.synchronise(collect)
                 except Exception as exc:  # one breaker's trouble: the others still sync
                     binding._failed(exc)
                     continue
@@ -1311,13 +1277,11 @@ class RedisStore:
                 ) -> Optional[RemoteState]:
                     return work.binding.apply(work, pub_reply, sync_reply)
 
-                breaker = binding.breaker
-                if breaker is not None:
-                    try:
-                        breaker._synchronise(apply)
-                    except Exception as exc:  # a reply it cannot read: its keys are bad
-                        binding._failed(exc)
-                        self._restore(work, partly_sent=True)
+                try:
+                    binding.handle.synchronise(apply)
+                except Exception as exc:  # a reply it cannot read: its keys are bad
+                    binding._failed(exc)
+                    self._restore(work, partly_sent=True)
             return True
 
     @staticmethod
@@ -1330,19 +1294,17 @@ class RedisStore:
         not sent again (lost rather than counted twice); releases are.
         """
         binding = work.binding
-        breaker = binding.breaker
-        if breaker is not None:
 
-            def update() -> Optional[RemoteState]:
-                if partly_sent:
-                    binding._releases[:0] = work.releases
-                    binding._rebase = True
-                    binding.shared = False
-                else:
-                    binding.restore(work)
-                return None
+        def update() -> Optional[RemoteState]:
+            if partly_sent:
+                binding._releases[:0] = work.releases
+                binding._rebase = True
+                binding.shared = False
+            else:
+                binding.restore(work)
+            return None
 
-            breaker._synchronise(update)
+        binding.handle.synchronise(update)
 
     def _exchange(self, works: List[_Work]) -> List[Tuple[Any, Any]]:
         """Send every work in one pipelined round trip: ``(pub reply, sync reply)`` each.

@@ -84,10 +84,18 @@ from urllib3.exceptions import InvalidHeader as _Urllib3InvalidHeader
 from urllib3.exceptions import LocationValueError as _Urllib3LocationValueError
 from urllib3.util.retry import Retry
 
-from cbsync import CircuitBreaker, CircuitOpenError, ConfigError, HalfOpenLimitReached, Registry
-from cbsync._breaker import _FAILURE, _IGNORED, _SUCCESS, Permit
-from cbsync._registry import resolve_registry
-from cbsync._state import OpenReason, State
+from cbsync import (
+    CircuitBreaker,
+    CircuitOpenError,
+    ConfigError,
+    HalfOpenLimitReached,
+    Outcome,
+    Permit,
+    Registry,
+    State,
+    TransitionReason,
+    default_registry,
+)
 
 __all__ = [
     "CircuitBreakerAdapter",
@@ -146,7 +154,7 @@ class HTTPCircuitOpenError(CircuitOpenError, RequestsConnectionError):
         self,
         breaker: str,
         state: State,
-        reason: OpenReason,
+        reason: TransitionReason,
         retry_after: Optional[float],
         *,
         request: Optional[PreparedRequest] = None,
@@ -287,7 +295,7 @@ class CircuitBreakerAdapter(HTTPAdapter):
     @property
     def registry(self) -> Registry:
         """The registry the next request takes its breaker from."""
-        return resolve_registry(self._registry)
+        return self._registry if self._registry is not None else default_registry()
 
     @property
     def profile(self) -> Optional[str]:
@@ -301,8 +309,7 @@ class CircuitBreakerAdapter(HTTPAdapter):
 
     def breaker_for(self, request: PreparedRequest) -> CircuitBreaker:
         """The breaker that protects ``request`` (created on first use)."""
-        name = self._name_for(request)
-        return resolve_registry(self._registry).get(name, profile=self._profile)
+        return self.registry.get(self._name_for(request), profile=self._profile)
 
     def send(
         self,
@@ -321,7 +328,7 @@ class CircuitBreakerAdapter(HTTPAdapter):
         """
         breaker = self.breaker_for(request)
         try:
-            permit = breaker._acquire()
+            permit = breaker.acquire()
         except CircuitOpenError as exc:
             error_type = (
                 HTTPHalfOpenLimitReached
@@ -331,8 +338,6 @@ class CircuitBreakerAdapter(HTTPAdapter):
             raise error_type(
                 exc.breaker, exc.state, exc.reason, exc.retry_after, request=request
             ) from None
-        now = breaker._now
-        start = now()
         try:
             response = super().send(
                 request,
@@ -343,20 +348,15 @@ class CircuitBreakerAdapter(HTTPAdapter):
                 proxies=proxies,
             )
         except Exception as exc:
-            self._record_exception(breaker, permit, now() - start, exc)
+            _record_exception(permit, exc)
             raise
         except BaseException:
-            breaker._abandon(permit)
+            permit.release()
             raise
-        end = now()
         if response.status_code in self._failure_statuses:
-            breaker._record(
-                permit, end - start, end, _FAILURE, None, open_at_least=_retry_after(response)
-            )
-        elif breaker.config.failure_result is not None and breaker._result_fails(response):
-            breaker._record(permit, end - start, end, _FAILURE, None)
+            permit.failure(retry_after=_retry_after(response))
         else:
-            breaker._record(permit, end - start, end, _SUCCESS, None)
+            permit.result(response)  # the profile's failure_result, if any, decides
         return response
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -412,15 +412,6 @@ class CircuitBreakerAdapter(HTTPAdapter):
             )
         return name
 
-    def _record_exception(
-        self, breaker: CircuitBreaker, permit: Permit, elapsed: float, exc: Exception
-    ) -> None:
-        outcome = _outcome(exc)
-        if outcome is None:
-            breaker._raised(permit, elapsed, exc)
-        else:
-            breaker._record(permit, elapsed, breaker._now(), outcome, exc)
-
 
 def install(session: requests.Session, **options: Any) -> CircuitBreakerAdapter:
     """Mount a :class:`CircuitBreakerAdapter` on ``session`` for ``http://`` and
@@ -442,17 +433,26 @@ def install(session: requests.Session, **options: Any) -> CircuitBreakerAdapter:
     return adapter
 
 
-def _outcome(exc: Exception) -> Optional[str]:
+def _record_exception(permit: Permit, exc: Exception) -> None:
+    """Give ``permit`` the outcome ``exc``, raised by ``HTTPAdapter.send``, stands for."""
+    outcome = _outcome(exc)
+    if outcome is None:
+        permit.outcome(exc)  # the breaker's failure_on / ignore decide
+    else:
+        permit.record(outcome, exc)
+
+
+def _outcome(exc: Exception) -> Optional[Outcome]:
     """What ``exc``, raised by ``HTTPAdapter.send``, says about the origin:
-    ``_FAILURE``, ``_IGNORED``, or ``None`` to let the breaker's config decide."""
+    ``FAILURE``, ``IGNORED``, or ``None`` to let the breaker's config decide."""
     if _server_failure(exc):
-        return _FAILURE
+        return Outcome.FAILURE
     if isinstance(exc, _CALLER_MISTAKES):
-        return _IGNORED
+        return Outcome.IGNORED
     if isinstance(exc, OSError) and not isinstance(exc, RequestException):
         # requests wraps every network OSError in its ConnectionError; a raw
         # one comes from a local file (the CA bundle, the client certificate).
-        return _IGNORED
+        return Outcome.IGNORED
     return None
 
 

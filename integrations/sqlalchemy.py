@@ -123,12 +123,13 @@ from cbsync import (
     CircuitOpenError,
     ConfigError,
     HalfOpenLimitReached,
-    OpenReason,
+    Outcome,
+    Permit,
     Registry,
     State,
+    TransitionReason,
+    default_registry,
 )
-from cbsync._breaker import _FAILURE, _IGNORED, _SUCCESS, Permit
-from cbsync._decorators import _BreakerSource
 
 __all__ = ["Attachment", "DatabaseCircuitOpenError", "DatabaseHalfOpenLimitReached", "attach"]
 
@@ -175,7 +176,7 @@ class DatabaseCircuitOpenError(
         self,
         breaker: str,
         state: State,
-        reason: OpenReason,
+        reason: TransitionReason,
         retry_after: Optional[float],
         statement: Optional[str] = None,
         params: Any = None,
@@ -222,12 +223,11 @@ class DatabaseHalfOpenLimitReached(HalfOpenLimitReached, DatabaseCircuitOpenErro
 class _Call:
     """One admitted statement: the breaker and permit it must be completed on."""
 
-    __slots__ = ("breaker", "permit", "ref", "start")
+    __slots__ = ("breaker", "permit", "ref")
 
-    def __init__(self, breaker: CircuitBreaker, permit: Permit, start: float) -> None:
+    def __init__(self, breaker: CircuitBreaker, permit: Permit) -> None:
         self.breaker = breaker
         self.permit = permit
-        self.start = start
         #: A weak reference to the statement's execution context (trial calls only).
         self.ref: Optional[weakref.ref[Any]] = None
 
@@ -299,7 +299,7 @@ class Attachment:
             call = self._in_flight.pop(key, None)
             if call is not None:
                 call.ref = None
-                call.breaker._abandon(call.permit)
+                call.permit.release()
         del self._orphans[:]
 
     def __repr__(self) -> str:
@@ -320,7 +320,7 @@ class Attachment:
         original = dialect.do_ping
 
         def do_ping(dbapi_connection: Any) -> bool:
-            if not self._detached and self._source()._rejection() is not None:
+            if not self._detached and self._source().rejection() is not None:
                 return True  # engine_connect refuses this checkout right after
             return bool(original(dbapi_connection))
 
@@ -343,23 +343,19 @@ class Attachment:
     ) -> Any:
         if self._orphans:
             self._sweep()
-        breaker = self._source()
         try:
-            permit = breaker._acquire()
+            permit = self._source().acquire()
         except CircuitOpenError as error:
             raise DatabaseCircuitOpenError._from(error) from None
-        start = breaker._now()
         try:
             connection = self._connect(dialect, conn_rec, cargs, cparams)
         except Exception as exc:
-            end = breaker._now()
-            breaker._record(permit, end - start, end, self._connect_outcome(exc), exc)
+            permit.record(self._connect_outcome(exc), exc)
             raise
         except BaseException:
-            breaker._abandon(permit)
+            permit.release()
             raise
-        end = breaker._now()
-        breaker._succeeded(permit, end - start, end)
+        permit.success()
         return connection
 
     def _connect(
@@ -383,7 +379,7 @@ class Attachment:
         if self._orphans:
             self._sweep()
         breaker = self._source()
-        error = breaker._rejection()
+        error = breaker.rejection()
         if error is None:
             return
         conn = kwargs["conn"]
@@ -392,7 +388,7 @@ class Attachment:
             conn.close()
         except Exception:
             logger.exception("cbsync: closing a rejected connection of %r failed", breaker.name)
-        raise breaker._reject(DatabaseCircuitOpenError._from(error))
+        raise breaker.record_rejection(DatabaseCircuitOpenError._from(error))
 
     # -- statements ------------------------------------------------------------
 
@@ -415,14 +411,14 @@ class Attachment:
         breaker = self._source()
         # A statement on a connection already checked out is never refused:
         # while the circuit rejects, it runs uncounted.
-        if breaker._rejection() is not None:
+        if breaker.rejection() is not None:
             return
         try:
-            permit = breaker._acquire()
+            permit = breaker.acquire()
         except CircuitOpenError:
             return  # the last trial permit went to another thread meanwhile
-        call = _Call(breaker, permit, breaker._now())
-        if not permit.free:
+        call = _Call(breaker, permit)
+        if permit.trial:
             # A trial permit must come back even if no after_cursor_execute
             # or handle_error reaches this listener (another listener raised
             # first): when SQLAlchemy drops the context, the permit is queued
@@ -444,7 +440,7 @@ class Attachment:
     ) -> None:
         call = _take(context)
         if call is not None:
-            self._finish(call, _SUCCESS)
+            self._finish(call, Outcome.SUCCESS)
 
     def _on_handle_error(self, ctx: Any) -> None:
         if getattr(ctx, "is_pre_ping", False):
@@ -459,23 +455,18 @@ class Attachment:
             self._finish(call, self._statement_outcome(exc, ctx.is_disconnect), exc)
 
     def _finish(
-        self, call: _Call, outcome: Optional[str], exc: Optional[Exception] = None
+        self, call: _Call, outcome: Optional[Outcome], exc: Optional[Exception] = None
     ) -> None:
-        """Complete ``call`` with ``outcome`` (``None``: abandon it), unless
+        """Complete ``call`` with ``outcome`` (``None``: release it), unless
         its permit was given back already (by :meth:`detach` or :meth:`_sweep`)."""
-        if not call.permit.free:
+        if call.permit.trial:
             if self._in_flight.pop(id(call), None) is None:
                 return
             call.ref = None
-        breaker = call.breaker
         if outcome is None:
-            breaker._abandon(call.permit)
-            return
-        end = breaker._now()
-        if outcome is _SUCCESS:
-            breaker._succeeded(call.permit, end - call.start, end)
+            call.permit.release()
         else:
-            breaker._record(call.permit, end - call.start, end, outcome, exc)
+            call.permit.record(outcome, exc)
 
     def _sweep(self) -> None:
         """Give back the trial permits of statements whose context was dropped
@@ -488,7 +479,7 @@ class Attachment:
                 return  # another thread took the last one
             if self._in_flight.pop(id(call), None) is not None:
                 call.ref = None
-                call.breaker._abandon(call.permit)
+                call.permit.release()
                 logger.info(
                     "cbsync: a statement on %r ended without reaching cbsync's listeners "
                     "(another event listener raised first); its trial permit was given back",
@@ -510,16 +501,16 @@ class Attachment:
             )
             return default
 
-    def _connect_outcome(self, exc: Exception) -> str:
+    def _connect_outcome(self, exc: Exception) -> Outcome:
         is_driver_error = isinstance(exc, self._dbapi_error)
         if self._failed(exc, is_driver_error or isinstance(exc, OSError)):
-            return _FAILURE
-        return _SUCCESS if is_driver_error else _IGNORED
+            return Outcome.FAILURE
+        return Outcome.SUCCESS if is_driver_error else Outcome.IGNORED
 
-    def _statement_outcome(self, exc: Exception, is_disconnect: bool) -> str:
+    def _statement_outcome(self, exc: Exception, is_disconnect: bool) -> Outcome:
         if self._failed(exc, bool(is_disconnect)):
-            return _FAILURE
-        return _SUCCESS if isinstance(exc, self._dbapi_error) else _IGNORED
+            return Outcome.FAILURE
+        return Outcome.SUCCESS if isinstance(exc, self._dbapi_error) else Outcome.IGNORED
 
 
 def _take(context: Any) -> Optional[_Call]:
@@ -554,6 +545,18 @@ def _default_name(url: URL) -> str:
     port = url.port if url.port is not None else DEFAULT_PORTS.get(backend)
     netloc = host if port is None else "{}:{}".format(host, port)
     return "{}://{}/{}".format(backend, netloc, url.database or "")
+
+
+def _registry_source(
+    name: str, profile: Optional[str], registry: Optional[Registry]
+) -> Callable[[], CircuitBreaker]:
+    """The breaker ``name`` from ``registry`` -- without one, from the default
+    registry as it is at each call (the pytest fixture swaps it)."""
+
+    def source() -> CircuitBreaker:
+        return (registry if registry is not None else default_registry()).get(name, profile)
+
+    return source
 
 
 def attach(
@@ -619,11 +622,10 @@ def attach(
             return fixed
 
     else:
-        found = _BreakerSource(
-            name if name is not None else _default_name(engine.url), profile, registry, {}
+        source = _registry_source(
+            name if name is not None else _default_name(engine.url), profile, registry
         )
-        found.get()  # create it now: a configuration error surfaces here
-        source = found.get
+        source()  # create it now: a configuration error surfaces here
     attachment = Attachment(engine, source, is_failure)
     with _attached_lock:
         ref = _attached.get(engine.dialect)

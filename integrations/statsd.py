@@ -161,8 +161,7 @@ import statsd
 
 import cbsync
 from cbsync import CircuitBreaker, CircuitOpenError, ConfigError, OpenReason, State
-from cbsync._config import parse_duration
-from cbsync._fork import ForkGuard
+from cbsync.toolkit import ForkGuard, parse_duration
 
 __all__ = ["StatsdListener"]
 
@@ -722,7 +721,9 @@ class StatsdListener(cbsync.Listener):
         else:
             self._crowded((_FAILURE, breaker.name, elapsed))
 
-    def on_ignored(self, breaker: CircuitBreaker, elapsed: float, exc: BaseException) -> None:
+    def on_ignored(
+        self, breaker: CircuitBreaker, elapsed: float, exc: Optional[BaseException]
+    ) -> None:
         buffer = self._buffer
         if len(buffer) < self._room:
             buffer.append((_IGNORED, breaker.name, None))

@@ -12,8 +12,8 @@ from _support import failures, ok
 import cbsync
 from cbsync import OpenReason, State
 from cbsync._cli import main
-from cbsync._cli_redis import REDIS_URL_ENV, format_table
-from cbsync.integrations.redis import FleetBreaker
+from cbsync.integrations._redis_cli import REDIS_URL_ENV, format_table
+from cbsync.integrations.redis import FleetStatus
 
 pytestmark = pytest.mark.redis
 
@@ -143,7 +143,7 @@ def test_a_bad_url_is_a_usage_error(capsys):
 
 def test_names_that_could_break_the_table_are_escaped():
     """A name with a newline or escape sequence is shown as its repr, on one line."""
-    row = FleetBreaker(
+    row = FleetStatus(
         name="evil\n\x1b[2Jname",
         state=State.OPEN,
         reason=OpenReason("remote", "x\ny"),

@@ -167,12 +167,12 @@ def test_health_check_handle_is_exposed_and_stops():
         assert handle.check is ping
         assert handle.breaker is breaker
         assert handle.active
-        assert breaker._health_checks == (handle,)
+        assert breaker._observers == (handle,)
         assert proxy.health_check == "the resource's own attribute"
         assert proxy.stop() == "the resource's own stop"
         assert not hasattr(resource, "__cbsync_health_check__")
     finally:
         handle.stop()
     assert not handle.active
-    assert breaker._health_checks == ()
+    assert breaker._observers == ()
     assert cbsync.guard(Resource(), breaker).__cbsync_health_check__ is None

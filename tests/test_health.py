@@ -24,6 +24,11 @@ HALF_OPEN = cbsync.State.HALF_OPEN
 CLOSED = cbsync.State.CLOSED
 
 
+def register(scheduler: Scheduler, breaker: cbsync.CircuitBreaker, check, **options):
+    """``breaker.health_check(check, **options)``, on ``scheduler`` instead of the shared one."""
+    return scheduler.register(breaker._link, breaker, check, **options)
+
+
 class StateWaiter(cbsync.Listener):
     """Sets an event per state the breaker enters and keeps the reasons."""
 
@@ -102,7 +107,7 @@ def test_bad_arguments_raise_config_error_naming_them(kwargs, named):
     check = kwargs.pop("check", lambda: True)
     with pytest.raises(cbsync.ConfigError, match=r"^{}=".format(named)):
         breaker.health_check(check, **kwargs)
-    assert breaker._health_checks == ()
+    assert breaker._observers == ()
 
 
 def test_durations_accept_strings_and_timedeltas(handles):
@@ -120,8 +125,14 @@ def test_waits_grow_to_the_cap_within_jitter():
     """The n-th wait is min(interval * multiplier**n, max_interval) +- jitter."""
     breaker = cbsync.CircuitBreaker("waits")
     scheduler = Scheduler()
-    handle = scheduler.register(
-        breaker, lambda: True, interval=1.0, max_interval=10.0, multiplier=3.0, jitter=0.2
+    handle = register(
+        scheduler,
+        breaker,
+        lambda: True,
+        interval=1.0,
+        max_interval=10.0,
+        multiplier=3.0,
+        jitter=0.2,
     )
     rng = random.Random(8)
     for n, base in enumerate([1.0, 3.0, 9.0, 10.0, 10.0]):
@@ -131,7 +142,7 @@ def test_waits_grow_to_the_cap_within_jitter():
     # A huge n neither overflows nor passes the cap.
     assert 8.0 <= handle._wait(10_000, rng) <= 12.0
     handle.stop()
-    exact = scheduler.register(breaker, lambda: True, interval=0.5, multiplier=2.0, jitter=0)
+    exact = register(scheduler, breaker, lambda: True, interval=0.5, multiplier=2.0, jitter=0)
     assert [exact._wait(n, rng) for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
     exact.stop()
 
@@ -369,7 +380,7 @@ def test_stop_unregisters(clock, handles):
     early.stop()
     early.stop()  # a second stop does nothing
     assert not early.active
-    assert breaker._health_checks == ()
+    assert breaker._observers == ()
     failures(breaker, 1)
 
     started, release = threading.Event(), threading.Event()
@@ -395,7 +406,7 @@ def test_scheduler_thread_starts_lazily_and_exits_when_nothing_is_registered(clo
     """No thread until a registered breaker is OPEN; it exits after the last stop()."""
     scheduler = Scheduler()
     closed = cbsync.CircuitBreaker("lazy", clock=clock, failure_threshold=1)
-    first = scheduler.register(closed, lambda: False, interval=0.01)  # real time: 10 ms apart
+    first = register(scheduler, closed, lambda: False, interval=0.01)  # real time: 10 ms apart
     assert scheduler.thread() is None
     failures(closed, 1)
     thread = scheduler.thread()
@@ -404,8 +415,11 @@ def test_scheduler_thread_starts_lazily_and_exits_when_nothing_is_registered(clo
     assert scheduler.wait_for(lambda: first._runs >= 2, TIMEOUT)
     closed.reset()
     assert not scheduler._armed  # idle: nothing to wake up for
-    second = scheduler.register(  # real time: checks 10 ms apart
-        opened("lazy-2", clock), lambda: False, interval=0.01
+    second = register(
+        scheduler,  # real time: checks 10 ms apart
+        opened("lazy-2", clock),
+        lambda: False,
+        interval=0.01,
     )
     first.stop()
     assert thread.is_alive()  # "lazy-2" is still registered
@@ -414,8 +428,11 @@ def test_scheduler_thread_starts_lazily_and_exits_when_nothing_is_registered(clo
     assert not thread.is_alive()
     assert scheduler.thread() is None
     # Registering again starts a new thread.
-    third = scheduler.register(  # real time: checks 10 ms apart
-        opened("lazy-3", clock), lambda: False, interval=0.01
+    third = register(
+        scheduler,  # real time: checks 10 ms apart
+        opened("lazy-3", clock),
+        lambda: False,
+        interval=0.01,
     )
     assert scheduler.thread() not in (None, thread)
     third.stop()
@@ -464,14 +481,14 @@ def test_guard_registers_its_health_check(clock):
             guarded.query()
         with pytest.raises(cbsync.CircuitOpenError):
             guarded.query()
-        assert breaker._health_checks[0].check == resource.ping
+        assert breaker._observers[0].check == resource.ping
         resource.up = True
         assert waiter.entered[HALF_OPEN].wait(TIMEOUT)
         assert resource.pings >= 1
         assert guarded.query() == "rows"
         assert breaker.state is CLOSED
     finally:
-        for handle in breaker._health_checks:
+        for handle in breaker._observers:
             handle.stop()
 
 

@@ -6,8 +6,8 @@ import weakref
 import pytest
 
 import cbsync
-from cbsync import _registry
-from cbsync._store import StoreBinding
+from cbsync import State, _registry
+from cbsync.stores import StoreBinding
 from cbsync.testing import FakeClock
 
 PROFILES = {
@@ -324,6 +324,7 @@ def test_a_breaker_that_loses_the_race_is_dropped_unseen():
 
     class RacingStore:
         def bind(self, breaker):
+            # The store sees each breaker built through its handle.
             built.append(weakref.ref(breaker))
             if len(built) == 1:  # the other thread builds and publishes meanwhile
                 from_thread.append(get_in_another_thread(registry, breaker.name))
@@ -334,7 +335,11 @@ def test_a_breaker_that_loses_the_race_is_dropped_unseen():
     breaker = registry.get("x")
     assert from_thread == [breaker]
     assert len(built) == 2
-    assert built[1]() is breaker
+    winner = built[1]()
+    assert winner is not None
+    assert winner.alive
+    breaker.trip()  # the second handle built is the published breaker's
+    assert winner.state is State.FORCED_OPEN
     assert built[0]() is None  # the loser is garbage already
     assert listener.attached == ["x"]
     assert len(registry) == 1
@@ -438,22 +443,62 @@ def test_iteration_membership_len_and_snapshot():
     assert snapshot["a"].failures == 0
 
 
-def test_default_registry_is_cbsync_registry():
-    """cbsync.registry is the process default registry."""
-    assert cbsync.registry is _registry.default_registry()
+def test_cbsync_registry_stands_for_the_default_registry(breaker_registry):
+    """cbsync.registry is a Registry whose every call goes to the process default."""
+    default = cbsync.default_registry()
+    assert default is _registry.default_registry() is breaker_registry
     assert isinstance(cbsync.registry, cbsync.Registry)
+    cbsync.registry.configure({"db": {"failure_threshold": 2}})
+    assert default.profiles == cbsync.registry.profiles == ("db",)
+    assert cbsync.registry.profile_settings("db") == {"failure_threshold": 2}
+    assert cbsync.registry.config_for("x", "db").failure_threshold == 2
+    breaker = cbsync.registry.get("stand-in", profile="db")
+    assert default.get("stand-in") is breaker
+    assert cbsync.registry["stand-in"] is breaker
+    assert "stand-in" in cbsync.registry
+    assert "stand-in" in default
+    assert list(cbsync.registry) == list(default) == ["stand-in"]
+    assert len(cbsync.registry) == len(default) == 1
+    assert cbsync.registry.snapshot().keys() == default.snapshot().keys()
+    listener = cbsync.Listener()
+    cbsync.registry.add_listener(listener)
+    assert listener in breaker.listeners
+    cbsync.registry.remove_listener(listener)
+    assert listener not in breaker.listeners
+
+
+def test_every_public_registry_member_is_delegated():
+    """The stand-in overrides every public Registry member, so none reads its own state."""
+    public = {
+        name
+        for name in vars(cbsync.Registry)
+        if not name.startswith("_")
+        or name in ("__getitem__", "__iter__", "__contains__", "__len__")
+    }
+    stand_in = type(cbsync.registry)
+    assert public <= set(vars(stand_in)), public - set(vars(stand_in))
 
 
 def test_set_default_registry_swaps_and_keeps_cbsync_registry_in_sync():
     """set_default_registry installs a registry and returns the previous one."""
+    from cbsync import registry as imported_early
+
     fresh = cbsync.Registry()
     previous = _registry.set_default_registry(fresh)
     try:
         assert _registry.default_registry() is fresh
-        assert cbsync.registry is fresh
+        assert cbsync.default_registry() is fresh
         assert _registry.resolve_registry(None) is fresh
+        assert _registry.resolve_registry(cbsync.registry) is fresh
+        breaker = imported_early.get("swapped")
+        assert fresh.get("swapped") is breaker
+        assert "swapped" in cbsync.registry
     finally:
         assert _registry.set_default_registry(previous) is fresh
-    assert cbsync.registry is previous
+    assert cbsync.default_registry() is previous
+    assert "swapped" not in cbsync.registry
+    assert "swapped" not in imported_early
+    with pytest.raises(cbsync.ConfigError, match=r"not cbsync\.registry itself"):
+        _registry.set_default_registry(cbsync.registry)
     with pytest.raises(cbsync.ConfigError, match=r"must be a cbsync\.Registry"):
         _registry.set_default_registry(object())  # type: ignore[arg-type]

@@ -866,7 +866,7 @@ import logging, pickle, sys
 import cbsync
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
 adapter = pickle.loads(sys.stdin.buffer.read())
-print("default" if adapter.registry is cbsync.registry else "other")
+print("default" if adapter.registry is cbsync.default_registry() else "other")
 print(adapter.profile)
 """
 

@@ -17,7 +17,7 @@ from _support import Clock, Recorder, fail, failures, ok
 
 import cbsync
 from cbsync import CircuitOpenError, HalfOpenLimitReached, OpenReason, State
-from cbsync._store import StoreBinding
+from cbsync.stores import StoreBinding
 
 
 class Kit:

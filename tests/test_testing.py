@@ -65,9 +65,10 @@ def test_fixtures_in_a_user_test_suite(pytester):
         import pytest
 
         import cbsync
+        from cbsync import registry as imported_early
         from cbsync.testing import FakeClock
 
-        ORIGINAL = cbsync.registry
+        ORIGINAL = cbsync.default_registry()
 
 
         @cbsync.circuit(name="rates", failure_threshold=2, timeout=30,
@@ -78,8 +79,10 @@ def test_fixtures_in_a_user_test_suite(pytester):
 
         def test_falls_back_when_open(breaker_registry, fake_clock):
             assert isinstance(fake_clock, FakeClock)
-            assert cbsync.registry is breaker_registry
+            assert cbsync.default_registry() is breaker_registry
             assert breaker_registry is not ORIGINAL
+            # A reference taken at import time follows the swap.
+            assert imported_early.get("early") is breaker_registry.get("early")
             for _ in range(2):
                 with pytest.raises(IOError):
                     fetch_rate("EUR")
@@ -102,9 +105,10 @@ def test_fixtures_in_a_user_test_suite(pytester):
 
 
         def test_default_restored_afterwards():
-            assert cbsync.registry is ORIGINAL
+            assert cbsync.default_registry() is ORIGINAL
             assert "leftover" not in cbsync.registry
-            assert cbsync._registry.default_registry() is ORIGINAL
+            assert "leftover" not in imported_early
+            assert "early" not in ORIGINAL
         """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")

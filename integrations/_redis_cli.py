@@ -9,18 +9,17 @@ be reached (the message names the server, never its password).
 
 import argparse
 import datetime
-import importlib
 import os
 import sys
 import time
-from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
-from ._errors import ConfigError
+from cbsync import ConfigError
 
-# cbsync.integrations.redis (imported by each command, as it imports redis):
-# mypy checks cbsync and integrations as separate trees, so these stay loose.
-RedisStore = Any
-FleetBreaker = Any
+if TYPE_CHECKING:
+    # Imported by each command instead: cbsync.integrations.redis imports redis,
+    # and the command line lists these commands without it installed.
+    from .redis import FleetStatus, RedisStore
 
 #: Exit status of a command that did what it was asked.
 EXIT_OK = 0
@@ -139,12 +138,12 @@ def run_status(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
 
 
 def _fleet_change(
-    args: argparse.Namespace, out: Optional[TextIO], change: Callable[[RedisStore], Any]
+    args: argparse.Namespace, out: Optional[TextIO], change: Callable[["RedisStore"], Any]
 ) -> int:
     """Apply ``change`` (a trip or a reset) to the breaker ``args.name`` and say so."""
     stream = out if out is not None else sys.stdout
 
-    def run(store: RedisStore) -> int:
+    def run(store: "RedisStore") -> int:
         known = _known(store, args.name)
         row = change(store)
         stream.write(
@@ -171,7 +170,7 @@ def run_watch(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     """``cbsync watch``: ``status`` every ``--interval`` seconds, until interrupted."""
     out = out if out is not None else sys.stdout
 
-    def watch(store: RedisStore) -> int:
+    def watch(store: "RedisStore") -> int:
         refreshes = 0
         try:
             while True:
@@ -194,7 +193,7 @@ def run_watch(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     return _with_store(args, watch)
 
 
-def _with_store(args: argparse.Namespace, command: Callable[[RedisStore], int]) -> int:
+def _with_store(args: argparse.Namespace, command: Callable[["RedisStore"], int]) -> int:
     try:
         from redis.exceptions import RedisError
     except ImportError as exc:
@@ -203,8 +202,9 @@ def _with_store(args: argparse.Namespace, command: Callable[[RedisStore], int]) 
                 exc
             )
         ) from exc
-    integration = importlib.import_module("cbsync.integrations.redis")
-    store = integration.RedisStore(args.redis, prefix=args.prefix)
+    from .redis import RedisStore
+
+    store = RedisStore(args.redis, prefix=args.prefix)
     try:
         return command(store)
     except (RedisError, OSError) as exc:
@@ -218,7 +218,7 @@ def _with_store(args: argparse.Namespace, command: Callable[[RedisStore], int]) 
         store.close()
 
 
-def _known(store: RedisStore, name: str) -> bool:
+def _known(store: "RedisStore", name: str) -> bool:
     return any(row.name == name for row in store.fleet_status())
 
 
@@ -226,7 +226,7 @@ def _unseen(known: bool) -> str:
     return "" if known else "; no process has reported this breaker yet"
 
 
-def _print_status(store: RedisStore, args: argparse.Namespace, out: TextIO) -> int:
+def _print_status(store: "RedisStore", args: argparse.Namespace, out: TextIO) -> int:
     rows = store.fleet_status()
     if not rows:
         out.write("no shared breakers under prefix {!r} on {}\n".format(args.prefix, store))
@@ -236,7 +236,7 @@ def _print_status(store: RedisStore, args: argparse.Namespace, out: TextIO) -> i
 
 
 #: Columns of the status table: heading, and how a row shows in it.
-_COLUMNS: Sequence[Tuple[str, Callable[[FleetBreaker], str]]] = (
+_COLUMNS: Sequence[Tuple[str, Callable[["FleetStatus"], str]]] = (
     ("NAME", lambda row: _show(row.name)),
     ("STATE", lambda row: row.state.value),
     (
@@ -255,7 +255,7 @@ _COLUMNS: Sequence[Tuple[str, Callable[[FleetBreaker], str]]] = (
 _RIGHT = frozenset(("FAILURE RATE", "CALLS", "RETRY AFTER"))
 
 
-def format_table(rows: Sequence[FleetBreaker]) -> str:
+def format_table(rows: Sequence["FleetStatus"]) -> str:
     """The status table: one line per breaker, columns aligned."""
     cells: List[List[str]] = [[heading for heading, _ in _COLUMNS]]
     cells.extend([show(row) for _, show in _COLUMNS] for row in rows)

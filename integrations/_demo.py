@@ -29,6 +29,7 @@ convention) after Ctrl-C, which stops the workers and the embedded services
 and prints the summary so far.
 """
 
+import argparse
 import datetime
 import itertools
 import json
@@ -47,27 +48,25 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TextIO, Tuple, cast
 
-from ._breaker import CircuitBreaker
-from ._cli import DEMO_MIN_DURATION
-from ._decorators import circuit
-from ._errors import ConfigError
-from ._events import Listener
-from ._registry import Registry
-from ._state import OpenReason, State
+from cbsync import (
+    CircuitBreaker,
+    ConfigError,
+    Listener,
+    Registry,
+    State,
+    TransitionReason,
+    circuit,
+)
 
 if TYPE_CHECKING:
     import requests
     import sqlalchemy
 
-    from cbsync.integrations.statsd import (  # type: ignore[import-not-found, unused-ignore]
-        StatsdListener,
-    )
+    from .statsd import StatsdListener
 
-# The demo needs requests, SQLAlchemy and statsd, which the core never
-# imports at module level: they are imported where they are used, and
-# check_extras() tells the command line early whether they are installed.
-# (mypy, run on the source tree, cannot see cbsync.integrations -- installed
-# from integrations/ by package_dir; at run time they are there.)
+# The demo needs requests, SQLAlchemy and statsd.  The command line lists
+# this module's subcommand without them installed, so they are imported
+# where they are used, and check_extras() tells early whether they are there.
 
 
 def check_extras() -> None:
@@ -77,12 +76,75 @@ def check_extras() -> None:
     import statsd  # noqa: F401
 
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "run"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "add_demo", "run"]
 
 #: Exit status of a demo that played its whole script.
 EXIT_OK = 0
 #: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
 EXIT_INTERRUPTED = 130
+#: Exit status when the extras the demo needs are missing.
+EXIT_USAGE = 2
+#: How long the scenario runs by default, and at least, in seconds.
+DEMO_DURATION = 20.0
+DEMO_MIN_DURATION = 4.0
+
+SubParsers = Any  # argparse's _SubParsersAction is private
+
+
+def add_demo(subparsers: SubParsers) -> None:
+    """Add ``cbsync demo`` to the command line."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="watch breakers protect a program from a failing service (about 20s)",
+        description=(
+            "Start a flaky HTTP service, a SQLite database and a StatsD receiver in this "
+            "process, call them from worker threads through the requests adapter, a "
+            "SQLAlchemy engine and a function decorated with @cbsync.circuit, and play "
+            "a script: healthy, outage, recovery.  Shows each breaker live, then a "
+            'summary.  Needs the extras: pip install "cbsync[all]".  Exit status 0 '
+            "when the script has run, 130 when stopped with Ctrl-C, 2 when the extras "
+            "are missing."
+        ),
+    )
+    parser.add_argument(
+        "--duration",
+        type=_demo_duration,
+        default=DEMO_DURATION,
+        metavar="SECONDS",
+        help="how long the script runs (default {:g}, at least {:g}); the breakers' "
+        "timings scale with it".format(DEMO_DURATION, DEMO_MIN_DURATION),
+    )
+    parser.set_defaults(run=run_demo)
+
+
+def _demo_duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not a number of seconds".format(text)) from None
+    if not value >= DEMO_MIN_DURATION or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            "{!r}: give at least {:g} seconds, for the breakers to open and close again".format(
+                text, DEMO_MIN_DURATION
+            )
+        )
+    return value
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``cbsync demo [--duration SECONDS]``."""
+    try:
+        check_extras()
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] == "cbsync":
+            raise  # a bug in cbsync, not a missing extra
+        sys.stderr.write(
+            "cbsync demo: error: the demo needs requests, SQLAlchemy and statsd ({}); "
+            'install them with: pip install "cbsync[all]"\n'.format(exc)
+        )
+        return EXIT_USAGE
+    return run(args.duration)
+
 
 #: The duration the breakers' timings are tuned for; they scale with --duration.
 _REFERENCE_DURATION = 20.0
@@ -324,7 +386,7 @@ class _StateLog(Listener):
         self._lines = lines
 
     def on_state_change(
-        self, breaker: CircuitBreaker, old: State, new: State, reason: OpenReason
+        self, breaker: CircuitBreaker, old: State, new: State, reason: TransitionReason
     ) -> None:
         self._lines.put(
             (
@@ -334,7 +396,7 @@ class _StateLog(Listener):
         )
 
 
-def _reason(reason: OpenReason) -> str:
+def _reason(reason: TransitionReason) -> str:
     """``kind=value`` for people: a rate in percent, a trial call's time in ms."""
     value = reason.value
     if isinstance(value, float):
@@ -544,9 +606,7 @@ class _Counter:
 def _orders_call(session: "requests.Session", base_url: str) -> Callable[[], None]:
     import requests
 
-    from cbsync.integrations.requests import (  # type: ignore[import-not-found, unused-ignore]
-        HTTPCircuitOpenError,
-    )
+    from .requests import HTTPCircuitOpenError
 
     numbers = itertools.count(1)
 
@@ -665,15 +725,9 @@ class _Demo:
         from sqlalchemy.engine import URL
         from sqlalchemy.pool import NullPool
 
-        from cbsync.integrations.requests import (  # type: ignore[import-not-found, unused-ignore]
-            install,
-        )
-        from cbsync.integrations.sqlalchemy import (  # type: ignore[import-not-found, unused-ignore]
-            attach,
-        )
-        from cbsync.integrations.statsd import (  # type: ignore[import-not-found, unused-ignore]
-            StatsdListener,
-        )
+        from .requests import install
+        from .sqlalchemy import attach
+        from .statsd import StatsdListener
 
         # cbsync logs every state change; the view shows them already, and a
         # log line on stderr would tear the table apart.

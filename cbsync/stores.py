@@ -1,37 +1,61 @@
-"""The interface between a breaker and a shared store (``store=``).
+"""Shared stores: how a breaker shares its state with other processes.
 
-The core imports no store library.  A *store* is any object with a
-``bind(breaker)`` method (such as ``cbsync.integrations.redis.RedisStore``);
-a breaker given ``store=`` calls it once, at the end of its constructor, and
-keeps the :class:`StoreBinding` it returns.  ``bind`` must do no I/O.
+A *store* is any object with a ``bind(handle)`` method, such as
+``cbsync.integrations.redis.RedisStore``.  A breaker given ``store=`` (or
+created by a ``Registry(store=...)``) calls ``store.bind(handle)`` once, at
+the end of its constructor, with a :class:`BreakerHandle` -- the narrow view
+of the breaker a store may use -- and keeps the :class:`StoreBinding` it
+returns.  ``bind`` must do no I/O.  docs/stores.md walks through writing one.
 
 The breaker then calls its binding at fixed points, and the rules are what
 keep a shared breaker as cheap as a local one:
 
-* A CLOSED call never reaches the binding on its fast path, and on its locked
-  path only through :meth:`StoreBinding.judged_counts`, which must not do I/O:
-  counts travel to the store in the background.
+* A CLOSED call never reaches the binding on its lock-free path, and on its
+  locked path only through :meth:`StoreBinding.judged_counts`, which must
+  not do I/O: counts travel to the store in the background.
 * Every method documented "lock held" runs with the breaker's lock held and
-  must not do I/O, block or call back into the breaker.
+  must not do I/O, block or call back into the breaker (except the
+  :class:`BreakerHandle` methods also documented "lock held").
 * :meth:`StoreBinding.request_trial` is the only call made from a caller's
   thread that may do I/O, without the lock: admitting a trial call in
   HALF_OPEN (or when an OPEN period has elapsed) is a fleet-wide decision.
 * A binding changes the breaker's state only through
-  ``breaker._synchronise(update)``, which takes the lock, runs ``update()``
+  :meth:`BreakerHandle.synchronise`, which takes the lock, runs ``update()``
   (lock held) and adopts the :class:`RemoteState` it returns, if any.
 
-What a binding must never do is raise into a call: every method here is
-expected to handle its own errors (the base class does nothing and is what a
-breaker without a store behaves like).
+A binding must never raise into a call: every method is expected to handle
+its own errors.  The base :class:`StoreBinding` does nothing; a breaker
+without a store behaves exactly like one bound to it.
 """
 
-from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Protocol, Tuple
 
+from ._config import CircuitBreakerConfig
 from ._errors import ConfigError
-from ._state import OpenReason, State
+from ._state import State, TransitionReason
 
-if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
+__all__ = [
+    "BreakerHandle",
+    "LocalTransition",
+    "RemoteState",
+    "Store",
+    "StoreBinding",
+    "Totals",
+    "TrialVerdict",
+]
+
+
+class Totals(NamedTuple):
+    """A breaker's counts since creation or its last reset.
+
+    ``calls`` are successes and failures (ignored calls are not calls);
+    ``consecutive`` is the current streak of failures.
+    """
+
+    calls: int
+    failures: int
+    slow: int
+    consecutive: int
 
 
 class RemoteState(NamedTuple):
@@ -46,8 +70,8 @@ class RemoteState(NamedTuple):
     """
 
     state: State
-    reason: OpenReason
-    cause: OpenReason
+    reason: TransitionReason
+    cause: TransitionReason
     remaining: Optional[float]
     reopen_count: int
     mine: bool
@@ -65,8 +89,8 @@ class LocalTransition(NamedTuple):
 
     old: State
     new: State
-    cause: OpenReason
-    reason: OpenReason
+    cause: TransitionReason
+    reason: TransitionReason
     until: Optional[float]
     reopen_count: int
 
@@ -82,6 +106,61 @@ class TrialVerdict(NamedTuple):
     granted: bool
     remote: Optional[RemoteState]
     lease: str
+
+
+class BreakerHandle(Protocol):
+    """The view of a breaker a store's binding may use.
+
+    It holds the breaker weakly: a store never keeps a breaker alive.  Once
+    the breaker is gone :attr:`alive` is ``False``, :meth:`synchronise`
+    returns ``False`` and the other methods raise ``ReferenceError``.
+    """
+
+    @property
+    def name(self) -> str:
+        """The breaker's name."""
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The breaker's configuration."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the breaker still exists."""
+
+    @property
+    def state(self) -> State:
+        """The breaker's state now (no lock needed)."""
+
+    @property
+    def trial_calls(self) -> int:
+        """Trial calls in flight in the current HALF_OPEN period (no lock needed)."""
+
+    def now(self) -> float:
+        """A reading of the breaker's clock (monotonic seconds)."""
+
+    def totals(self) -> Totals:
+        """The breaker's :class:`Totals` (lock held)."""
+
+    def totals_at_fork(self) -> Totals:
+        """The breaker's :class:`Totals`, read without its lock: only for
+        fork hooks, where the child has a single thread and the lock may be
+        a copy held by a thread of the parent."""
+
+    def reason(self) -> Optional[TransitionReason]:
+        """Why the breaker is in its state: the reason it opened, for OPEN and
+        HALF_OPEN, the manual reason for FORCED_OPEN; ``None`` otherwise."""
+
+    def open_period(self) -> float:
+        """How long the breaker's next OPEN period lasts, backoff included (lock held)."""
+
+    def describe(self, old: State, cause: TransitionReason) -> LocalTransition:
+        """The breaker's current state as a transition from ``old`` (lock held)."""
+
+    def synchronise(self, update: Callable[[], Optional[RemoteState]]) -> bool:
+        """Take the breaker's lock, run ``update()`` and adopt the state it
+        returns, if any; listeners are told after the lock is released.
+        ``False`` (and ``update`` not run) if the breaker is gone."""
 
 
 class StoreBinding:
@@ -139,8 +218,16 @@ class StoreBinding:
         """A granted permit was taken by a call, or not (lock held)."""
 
 
+class Store(Protocol):
+    """What ``store=`` accepts: anything that binds a breaker to shared state."""
+
+    def bind(self, breaker: BreakerHandle) -> StoreBinding:
+        """Link a breaker to the store; called once by the breaker's
+        constructor, must do no I/O."""
+
+
 def check_store(store: object) -> None:
-    """Raise :class:`ConfigError` unless ``store`` has a ``bind(breaker)`` method."""
+    """Raise :class:`~cbsync.ConfigError` unless ``store`` has a ``bind(breaker)`` method."""
     if not callable(getattr(store, "bind", None)):
         raise ConfigError(
             "store={!r} is not a store: give an object with a bind(breaker) method, such "
@@ -148,10 +235,10 @@ def check_store(store: object) -> None:
         )
 
 
-def bind_store(store: object, breaker: "CircuitBreaker") -> StoreBinding:
-    """``store.bind(breaker)``, checked; raises :class:`ConfigError` for a non-store."""
+def bind_store(store: object, handle: BreakerHandle) -> StoreBinding:
+    """``store.bind(handle)``, checked; raises :class:`~cbsync.ConfigError` for a non-store."""
     check_store(store)
-    binding = store.bind(breaker)  # type: ignore[attr-defined]
+    binding = store.bind(handle)  # type: ignore[attr-defined]
     if not isinstance(binding, StoreBinding):
         raise ConfigError(
             "store={!r}: bind() returned {!r}, not a cbsync StoreBinding".format(store, binding)
