@@ -10,6 +10,7 @@ construction and validation, ``call()`` and its decorator, ``acquire()`` and
 
 import threading
 import time
+import types
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, cast
 
 from . import _health
@@ -155,7 +156,8 @@ class CircuitBreaker(Machine):
         listeners = tuple(listeners)
         for listener in listeners:
             check_listener(listener)
-        self._setup(name, config, clock, listeners)
+        self._setup(name, config, clock)
+        self._use_listeners(listeners)
         #: The view a store and the health checks get of this breaker.
         self._link = Link(self)
         if store is not None:
@@ -332,6 +334,10 @@ class CircuitBreaker(Machine):
                 p99_latency=self._histogram.percentile(0.99),
                 transitions=tuple(self._transitions),
                 dropped_permits=self._dropped.value(),
+                transition_counts=types.MappingProxyType(dict(self._transition_counts)),
+                latency_histogram=self._histogram.buckets(),
+                latency_sum=self._histogram.total,
+                resets=self._resets,
             )
 
     @property
@@ -345,7 +351,7 @@ class CircuitBreaker(Machine):
         with self._lock:
             if listener in self._listeners:
                 return
-            self._listeners = (*self._listeners, listener)
+            self._use_listeners((*self.listeners, listener))
         deliver((listener,), (Attached(self),))
 
     def remove_listener(self, listener: Listener) -> None:
@@ -353,7 +359,7 @@ class CircuitBreaker(Machine):
         with self._lock:
             if listener not in self._listeners:
                 raise ValueError("{!r} is not a listener of {!r}".format(listener, self))
-            self._listeners = tuple(item for item in self._listeners if item is not listener)
+            self._use_listeners(tuple(item for item in self.listeners if item is not listener))
 
     def health_check(
         self,
@@ -399,6 +405,14 @@ class CircuitBreaker(Machine):
 
     def __repr__(self) -> str:
         return "<CircuitBreaker {!r} {}>".format(self._name, self._current.state.value)
+
+    def _use_listeners(self, listeners: Tuple[Listener, ...]) -> None:
+        self._listeners = listeners
+        self._success_listeners = tuple(
+            listener
+            for listener in listeners
+            if getattr(type(listener), "on_success", None) is not Listener.on_success
+        )
 
 
 def unannounced(

@@ -37,7 +37,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Deque, List, Optional, Tuple, Union, cast
+from typing import Callable, Deque, Dict, List, Optional, Tuple, Union, cast
 
 from ._config import CircuitBreakerConfig, ExceptionMatcher, open_period
 from ._decide import Counts, decide, success_may_open
@@ -145,9 +145,12 @@ class Machine:
         "_pending",
         "_rejected",
         "_reopen_count",
+        "_resets",
         "_slow_calls",
         "_slow_limit",
+        "_success_listeners",
         "_successes",
+        "_transition_counts",
         "_transitions",
         "_warned_drop",
         "_window",
@@ -159,6 +162,9 @@ class Machine:
     _clock: Optional[Callable[[], float]]
     _now: Callable[[], float]
     _listeners: Tuple[Sink, ...]
+    #: The listeners that do something on_success: the lock-free path calls
+    #: only these, so a listener of state changes alone costs a call nothing.
+    _success_listeners: Tuple[Sink, ...]
     _binding: Optional[StoreBinding]
 
     def _setup(
@@ -166,7 +172,6 @@ class Machine:
         name: str,
         config: CircuitBreakerConfig,
         clock: Optional[Callable[[], float]],
-        listeners: Tuple[Sink, ...],
     ) -> None:
         self._name = name
         self._config = config
@@ -175,7 +180,6 @@ class Machine:
         # Read through the _lock property, which rebuilds it in a forked child.
         self._lock_obj = threading.Lock()
         self._fork = ForkGuard(self._after_fork)
-        self._listeners = listeners
         #: Internal listeners of state changes (health checks), told first.
         self._observers: Tuple[StateObserver, ...] = ()
         self._is_ignored = matcher(config.ignore, on_error=False)
@@ -191,6 +195,9 @@ class Machine:
         )
         self._current: StateObject = Closed()
         self._transitions: Deque[StateTransition] = collections.deque(maxlen=_TRANSITIONS_KEPT)
+        #: State changes since creation, by (old, new): never reset.
+        self._transition_counts: Dict[Tuple[State, State], int] = {}
+        self._resets = 0
         self._reopen_count = 0
         #: Latencies of lock-free successes, not folded yet: an array of
         #: doubles (8 bytes each), appended to without the lock.
@@ -350,8 +357,8 @@ class Machine:
             pending.append(elapsed)
             if len(pending) >= self._fold_at:
                 self._fold_soon()
-            if self._listeners:
-                notify_success(self._listeners, self, elapsed)
+            if self._success_listeners:
+                notify_success(self._success_listeners, self, elapsed)
         else:
             self._record(admitted, elapsed, end, _SUCCESS, None)
 
@@ -472,6 +479,8 @@ class Machine:
         self._transitions.append(
             StateTransition(old, new.state, reason, datetime.datetime.now(datetime.timezone.utc))
         )
+        counts = self._transition_counts
+        counts[old, new.state] = counts.get((old, new.state), 0) + 1
         events.append(StateChanged(self, old, new.state, reason))
         if self._binding is not None and not remote:
             self._binding.changed(self._describe(old, reason))
@@ -505,6 +514,7 @@ class Machine:
             del self._orphans[:]
             self._window.clear()
             self._clear_counts()
+            self._resets += 1
             self._reopen_count = 0
             reset = TransitionReason("reset")
             if self._current.state is not _CLOSED:

@@ -3,7 +3,8 @@
 import bisect
 import itertools
 import math
-from typing import List, NamedTuple, Optional, Tuple
+import types
+from typing import List, Mapping, NamedTuple, Optional, Tuple
 
 from ._state import State, StateTransition
 
@@ -15,6 +16,8 @@ _HIST_GROWTH = 1.05
 _HIST_BUCKETS = 380
 #: Upper bound of each bucket.
 _BOUNDS = [_HIST_MIN * _HIST_GROWTH**i for i in range(_HIST_BUCKETS)]
+#: The bounds as a snapshot shows them: the last bucket has no upper bound.
+LATENCY_BOUNDS: Tuple[float, ...] = (*_BOUNDS[:-1], math.inf)
 
 
 class LatencyHistogram:
@@ -67,6 +70,12 @@ class LatencyHistogram:
     def average(self) -> Optional[float]:
         return self.total / self.count if self.count else None
 
+    def buckets(self) -> Tuple[Tuple[float, int], ...]:
+        """The non-empty buckets: ``(upper bound in seconds, count)``, in
+        increasing order; the last bucket's bound is ``inf``."""
+        bounds = LATENCY_BOUNDS
+        return tuple((bounds[i], n) for i, n in enumerate(self._buckets) if n)
+
     def percentile(self, fraction: float) -> Optional[float]:
         """Upper bound of the bucket holding the ``fraction`` quantile."""
         if not self.count:
@@ -107,8 +116,20 @@ class MetricsSnapshot(NamedTuple):
 
     Totals count since the breaker's creation or its last ``reset()``;
     latencies are in seconds; ``transitions`` holds the last 100 state changes.
-    ``dropped_permits`` counts permits (``breaker.acquire()``) that were
-    garbage-collected without an outcome: a bug in the code that took them.
+
+    The fields after ``transitions`` are for reporters, which turn them into
+    per-interval deltas (see :mod:`cbsync.reporting`):
+
+    * ``dropped_permits`` -- permits (``breaker.acquire()``) garbage-collected
+      without an outcome: a bug in the code that took them;
+    * ``transition_counts`` -- state changes since creation (never reset),
+      by ``(old, new)``;
+    * ``latency_histogram`` -- the latency histogram behind ``p99_latency``:
+      its non-empty buckets as ``(upper bound in seconds, calls)``, bounds
+      growing by 5 % from 10 µs (the last one is ``inf``); with
+      ``latency_sum``, the seconds they add up to;
+    * ``resets`` -- how many times ``reset()`` cleared the totals (so a reader
+      of successive snapshots can tell a reset from a quiet period).
     """
 
     name: str
@@ -128,3 +149,7 @@ class MetricsSnapshot(NamedTuple):
     p99_latency: Optional[float]
     transitions: Tuple[StateTransition, ...]
     dropped_permits: int = 0
+    transition_counts: Mapping[Tuple[State, State], int] = types.MappingProxyType({})
+    latency_histogram: Tuple[Tuple[float, int], ...] = ()
+    latency_sum: float = 0.0
+    resets: int = 0
