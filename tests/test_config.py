@@ -7,7 +7,7 @@ import pytest
 
 import cbsync
 from cbsync import CircuitBreakerConfig, ConfigError
-from cbsync._config import did_you_mean
+from cbsync._config import FIELD_NAMES, did_you_mean
 
 
 def test_defaults_are_the_seeds():
@@ -223,3 +223,55 @@ def test_breaker_name_must_be_a_string(name):
     """A breaker needs a non-empty string name."""
     with pytest.raises(ConfigError, match="name="):
         cbsync.CircuitBreaker(name)
+
+
+#: A valid value for each field, different from its default.
+REPLACEMENTS = {
+    "failure_threshold": 7,
+    "failure_rate_threshold": 0.25,
+    "minimum_calls": 4,
+    "window_type": "count_based",
+    "failure_window": 120.0,
+    "window_size": 50,
+    "slow_call_duration": 2.5,
+    "slow_call_rate_threshold": 0.5,
+    "timeout": 600.0,
+    "backoff_multiplier": 2.0,
+    "max_timeout": 900.0,
+    "success_threshold": 1,
+    "half_open_max_calls": 1,
+    "failure_on": (OSError,),
+    "ignore": (KeyError,),
+    "failure_result": bool,
+}
+
+
+def test_replacements_cover_every_field():
+    """The replace() test below runs over every field of the config."""
+    assert sorted(REPLACEMENTS) == sorted(FIELD_NAMES)
+
+
+@pytest.mark.parametrize("field", sorted(REPLACEMENTS))
+def test_replace_works_on_every_field(field):
+    """dataclasses.replace() changes one field and keeps every other one."""
+    base = CircuitBreakerConfig()
+    value = REPLACEMENTS[field]
+    changed = dataclasses.replace(base, **{field: value})
+    assert changed == CircuitBreakerConfig(**{field: value})
+    assert getattr(changed, field) == value
+    for other in FIELD_NAMES:
+        if other != field and not (field == "timeout" and other == "max_timeout"):
+            assert getattr(changed, other) == getattr(base, other), other
+
+
+def test_replace_derives_the_default_max_timeout_again():
+    """A max_timeout left to its default follows the new timeout; a chosen one is kept."""
+    derived = dataclasses.replace(CircuitBreakerConfig(), timeout=600)
+    assert derived.max_timeout == 600.0
+    assert dataclasses.replace(derived, timeout=5).max_timeout == 300.0
+    chosen = CircuitBreakerConfig(max_timeout=400)
+    assert dataclasses.replace(chosen, timeout=350).max_timeout == 400.0
+    with pytest.raises(ConfigError, match=r"max_timeout=400\.0 is below timeout=600"):
+        dataclasses.replace(chosen, timeout=600)
+    assert repr(derived.max_timeout) == "600.0"
+    assert CircuitBreakerConfig(max_timeout=300) == CircuitBreakerConfig()

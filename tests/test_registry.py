@@ -502,3 +502,62 @@ def test_set_default_registry_swaps_and_keeps_cbsync_registry_in_sync():
         _registry.set_default_registry(cbsync.registry)
     with pytest.raises(cbsync.ConfigError, match=r"must be a cbsync\.Registry"):
         _registry.set_default_registry(object())  # type: ignore[arg-type]
+
+
+def test_a_breaker_is_found_by_name_however_it_was_made():
+    """get(name) and registry[name] return a breaker created with a profile or overrides."""
+    registry = cbsync.Registry({"database": {"failure_threshold": 3}})
+    db = registry.get("orders-db", profile="database")
+    flaky = registry.get("flaky", failure_threshold=2)
+    assert registry.get("orders-db") is db
+    assert registry.get("flaky") is flaky
+    assert registry["orders-db"] is db
+    assert registry["flaky"] is flaky
+    assert registry.get("orders-db", profile="database") is db  # the same arguments again
+    assert len(registry) == 2
+
+
+def test_a_different_explicit_configuration_is_still_an_error():
+    """Asking for an existing name with other explicit settings is a ConfigError."""
+    registry = cbsync.Registry({"database": {"failure_threshold": 3}})
+    registry.get("orders-db", profile="database")
+    with pytest.raises(cbsync.ConfigError, match="already exists with another configuration"):
+        registry.get("orders-db", failure_threshold=9)
+    with pytest.raises(cbsync.ConfigError, match="failure_threshold: 3 now, 5 asked"):
+        registry.get("orders-db", profile="default")
+
+
+def test_getitem_never_creates_and_suggests_a_close_name():
+    """registry[name] of an unknown name raises KeyError with a "did you mean"."""
+    registry = cbsync.Registry()
+    registry.get("payments-api")
+    with pytest.raises(
+        KeyError,
+        match="no circuit breaker 'payments-apl' in this registry; did you mean 'payments-api'",
+    ):
+        registry["payments-apl"]
+    with pytest.raises(KeyError) as info:
+        registry["zzz"]
+    assert "did you mean" not in str(info.value)
+    assert "zzz" not in registry
+    assert len(registry) == 1
+
+
+def test_get_by_name_creates_from_the_profiles_when_absent():
+    """get(name) of a new name still creates it, from the profile named like it."""
+    registry = cbsync.Registry({"billing": {"timeout": "5s"}})
+    assert registry.get("billing").config.timeout == 5.0
+    assert registry["billing"] is registry.get("billing")
+
+
+def test_circuit_and_attach_breakers_are_found_by_name(breaker_registry):
+    """The breaker behind @cbsync.circuit(name=...) is cbsync.registry[name]."""
+
+    @cbsync.circuit(name="flaky", failure_threshold=2)
+    def flaky():
+        return "ok"
+
+    assert flaky() == "ok"
+    assert cbsync.registry["flaky"] is flaky.breaker
+    assert cbsync.registry.get("flaky") is flaky.breaker
+    assert cbsync.registry["flaky"].config.failure_threshold == 2
