@@ -36,7 +36,7 @@ from ._config import did_you_mean
 from ._errors import CircuitOpenError, ConfigError
 from ._events import Outcome
 from ._health import HealthCheckHandle
-from ._registry import Registry, default_registry, normalize_settings
+from ._registry import Registry, declare, default_registry, normalize_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,7 +125,9 @@ class _BreakerSource:
     """Finds the breaker of a decorated or patched function at call time.
 
     With no explicit registry the current default is used; the breaker found
-    in a registry is remembered, as a registry never replaces a breaker.
+    in a registry is remembered, as a registry never replaces a breaker.  The
+    breaker is declared to the registry (see ``_registry.declare``), so that
+    it can be looked up by name before the first call.
     """
 
     __slots__ = ("_cache", "name", "overrides", "profile", "registry")
@@ -142,6 +144,8 @@ class _BreakerSource:
         self.registry = registry
         self.overrides = overrides
         self._cache: Tuple[Optional[Registry], Optional[CircuitBreaker]] = (None, None)
+        # Created at the first call; until then registry[name] finds it by this.
+        declare(registry, name, profile, overrides)
 
     def get(self) -> CircuitBreaker:
         registry = self.registry if self.registry is not None else default_registry()

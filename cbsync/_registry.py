@@ -94,6 +94,13 @@ class _Entry(NamedTuple):
     overrides: Settings
 
 
+class _Declaration(NamedTuple):
+    """How code that will use a breaker asks for it (``@circuit``, ``patch()``)."""
+
+    profile: Optional[str]
+    overrides: Settings
+
+
 class Registry:
     """Named circuit breakers, created once from configuration profiles.
 
@@ -144,6 +151,8 @@ class Registry:
         self._fork = ForkGuard(self._after_fork)
         self._profiles: Dict[str, Settings] = {}
         self._breakers: Dict[str, _Entry] = {}
+        #: Breakers that decorated or patched code will ask for (see declare()).
+        self._declared: Dict[str, _Declaration] = {}
         self._listeners: Tuple[Listener, ...] = listeners
         self._store = store
         self._clock = clock
@@ -239,6 +248,11 @@ class Registry:
             or (entry.profile == profile and entry.overrides == overrides)
         ):
             return entry.breaker
+        if entry is None and profile is None and not overrides:
+            declared = self._declaration(name)
+            if declared is not None:
+                # Made as the decorated (or patched) code will ask for it.
+                profile, overrides = declared.profile, dict(declared.overrides)
         settings = normalize_settings(overrides, "breaker {!r}".format(name))
         while True:
             with self._lock:
@@ -270,13 +284,29 @@ class Registry:
             return candidate
 
     def __getitem__(self, name: str) -> CircuitBreaker:
-        """The existing breaker called ``name``; ``KeyError`` (suggesting a
-        close name) if there is none.  Never creates one."""
+        """The breaker called ``name``; ``KeyError`` (suggesting a close name)
+        if there is none.
+
+        A breaker that decorated or patched code declared (``@circuit``,
+        ``patch()``, which create theirs at the first call) counts as
+        existing: it is created now, as that code will ask for it.
+        """
         entry = self._breakers.get(name)
-        if entry is None:
-            hint = did_you_mean(name, list(self._breakers)) if isinstance(name, str) else ""
-            raise KeyError("no circuit breaker {!r} in this registry{}".format(name, hint))
-        return entry.breaker
+        if entry is not None:
+            return entry.breaker
+        if isinstance(name, str) and self._declaration(name) is not None:
+            return self.get(name)
+        known = [*self._breakers, *self._declared]
+        if self is _default:
+            known.extend(_default_declarations)
+        hint = did_you_mean(name, known) if isinstance(name, str) else ""
+        raise KeyError("no circuit breaker {!r} in this registry{}".format(name, hint))
+
+    def _declaration(self, name: str) -> Optional[_Declaration]:
+        declared = self._declared.get(name)
+        if declared is None and self is _default:
+            declared = _default_declarations.get(name)
+        return declared
 
     def __iter__(self) -> Iterator[str]:
         """The breakers' names, in the order they were created."""
@@ -455,6 +485,10 @@ class _DefaultRegistry(Registry):
         return "<cbsync.registry, now {!r}>".format(_default)
 
 
+#: Breakers declared by code that uses the default registry, whichever it is
+#: when they are first needed (so the pytest fixture's fresh default knows them).
+_default_declarations: Dict[str, _Declaration] = {}
+
 #: The process-wide default registry.
 _default = Registry()
 #: ``cbsync.registry``.
@@ -485,6 +519,22 @@ def set_default_registry(registry: Registry) -> Registry:
     previous = _default
     _default = registry
     return previous
+
+
+def declare(
+    registry: Optional[Registry], name: str, profile: Optional[str], overrides: Settings
+) -> None:
+    """Note that code will ask ``registry`` (``None``: the default registry,
+    whichever it is then) for breaker ``name`` with ``profile`` and
+    ``overrides``, so that ``registry[name]`` and ``registry.get(name)``
+    create it as that code will ask for it.  The first declaration of a name
+    wins; one that asks differently meets the usual ``ConfigError`` when it runs.
+    """
+    if registry is None or isinstance(registry, _DefaultRegistry):
+        table = _default_declarations
+    else:
+        table = registry._declared
+    table.setdefault(name, _Declaration(profile, dict(overrides)))
 
 
 def resolve_registry(registry: Optional[Registry]) -> Registry:

@@ -550,14 +550,55 @@ def test_get_by_name_creates_from_the_profiles_when_absent():
     assert registry["billing"] is registry.get("billing")
 
 
-def test_circuit_and_attach_breakers_are_found_by_name(breaker_registry):
-    """The breaker behind @cbsync.circuit(name=...) is cbsync.registry[name]."""
+def test_a_decorated_function_s_breaker_is_found_before_its_first_call(breaker_registry):
+    """Right after @cbsync.circuit(name=...), registry[name] is its breaker, as declared."""
 
-    @cbsync.circuit(name="flaky", failure_threshold=2)
+    @cbsync.circuit(name="flaky-declared", failure_threshold=2)
     def flaky():
         return "ok"
 
-    assert flaky() == "ok"
-    assert cbsync.registry["flaky"] is flaky.breaker
-    assert cbsync.registry.get("flaky") is flaky.breaker
-    assert cbsync.registry["flaky"].config.failure_threshold == 2
+    breaker = cbsync.registry["flaky-declared"]  # created now, with the declared settings
+    assert breaker.config.failure_threshold == 2
+    assert flaky() == "ok"  # ... and the function uses that very breaker
+    assert flaky.breaker is breaker
+    assert breaker.snapshot().successes == 1
+
+
+def test_get_by_name_makes_a_declared_breaker_as_its_code_asks(breaker_registry):
+    """get(name) before the first call does not make a default-config breaker that would clash."""
+
+    @cbsync.circuit(name="declared-get", failure_threshold=2, timeout="5s")
+    def fetch():
+        return "ok"
+
+    assert cbsync.registry.get("declared-get").config.timeout == 5.0
+    assert fetch() == "ok"
+
+
+def test_declarations_follow_the_registry_they_were_made_for():
+    """A declaration for an explicit registry is that registry's, not the default's."""
+    mine = cbsync.Registry()
+
+    @cbsync.circuit(name="only-mine", registry=mine, failure_threshold=4)
+    def work():
+        return "ok"
+
+    assert mine["only-mine"].config.failure_threshold == 4
+    fresh = cbsync.Registry()
+    with pytest.raises(KeyError):
+        fresh["only-mine"]
+    previous = _registry.set_default_registry(fresh)
+    try:
+        with pytest.raises(KeyError):
+            cbsync.registry["only-mine"]
+    finally:
+        _registry.set_default_registry(previous)
+
+
+def test_a_patched_function_s_breaker_is_declared(breaker_registry):
+    """patch() declares its breaker too: found by name before the first call."""
+    handle = cbsync.patch("json:dumps", name="json.dumps-declared", failure_threshold=7)
+    try:
+        assert cbsync.registry["json.dumps-declared"].config.failure_threshold == 7
+    finally:
+        handle.undo()

@@ -8,9 +8,11 @@ for Redis, also waits ``s`` of real time, since a shared OPEN period is
 measured on the Redis server's clock.
 """
 
+import re
 import threading
 import time
-from typing import Any, Iterator, List, Optional
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from _support import Clock, Recorder, fail, failures, ok
@@ -18,6 +20,15 @@ from _support import Clock, Recorder, fail, failures, ok
 import cbsync
 from cbsync import CircuitOpenError, HalfOpenLimitReached, OpenReason, State
 from cbsync.stores import StoreBinding
+
+
+def documented_store() -> Any:
+    """The ``TableStore`` class defined on docs/stores.md, run from the page itself."""
+    page = Path(__file__).resolve().parent.parent / "docs" / "stores.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text("utf-8"), re.DOTALL | re.M)
+    namespace: Dict[str, Any] = {"__name__": "docs_stores"}
+    exec(compile(blocks[0], str(page), "exec"), namespace)
+    return namespace["TableStore"]
 
 
 class Kit:
@@ -38,18 +49,33 @@ class Kit:
             assert self.store.sync(), "Redis did not answer"
 
     def elapse(self, seconds: float) -> None:
-        if self.store is not None:
+        if self.kind == "redis":
             # A store maps the server's OPEN period onto the breaker's clock when
             # it syncs, maybe during this wait: move the clock after it.
             time.sleep(seconds)  # real time: shared OPEN periods run on the server's clock
         self.clock.advance(seconds)
 
 
-@pytest.fixture(params=["local", "redis"])
-def kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
-    """A Kit for local state, then for a RedisStore."""
+@pytest.fixture(params=["local", "redis", "table"])
+def kit(request: pytest.FixtureRequest, tmp_path) -> Iterator[Kit]:
+    """A Kit for local state, for a RedisStore, and for the store of docs/stores.md."""
     if request.param == "local":
         yield Kit("local")
+        return
+    if request.param == "table":
+        # Written against the public store interface only, on its docs page.
+        table_store = documented_store()
+        made = []
+
+        def tables(sync_interval: float) -> Any:
+            made.append(table_store(tmp_path / "breakers.db", sync_interval=sync_interval))
+            return made[-1]
+
+        try:
+            yield Kit("table", tables)
+        finally:
+            for store in made:
+                store.close()
         return
     # Imported here: the local half of this file needs no redis package.
     from _redis_support import Stores, require_redis
