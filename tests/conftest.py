@@ -1,7 +1,20 @@
 """Fixtures shared by the tests."""
 
+import os
+
 import pytest
 from _support import Clock, Recorder
+
+import cbsync
+
+# Subprocesses the tests start import the cbsync this process imported: the
+# source tree for a plain `pytest` in a checkout (an installed cbsync, as
+# under tox, is found by any Python of the environment anyway).
+_HOME = os.path.dirname(os.path.dirname(os.path.abspath(cbsync.__file__)))
+if os.path.basename(_HOME) not in ("site-packages", "dist-packages"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [_HOME, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    )
 
 
 @pytest.fixture
