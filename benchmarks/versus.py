@@ -30,10 +30,13 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from run import fails, per_call_ns, per_rejection_ns, work  # noqa: E402 -- beside this file
 
 FIGURES = (
     ("call_ns", "call() overhead, ns"),
@@ -41,34 +44,6 @@ FIGURES = (
     ("rejection_ns", "OPEN rejection, ns"),
     ("adapter_us", "requests adapter overhead per request, µs"),
 )
-
-
-def work() -> int:
-    return 1
-
-
-def fails() -> None:
-    raise OSError("down")
-
-
-def best_ns(call: Callable[[], Any], loops: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for _ in range(loops):
-            call()
-        best = min(best, (time.perf_counter_ns() - start) / loops)
-    return best
-
-
-def best_rejection_ns(call: Callable[[], Any], loops: int, repeats: int) -> float:
-    def rejected() -> None:
-        try:
-            call()
-        except Exception:
-            pass
-
-    return best_ns(rejected, loops, repeats)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -132,7 +107,7 @@ def measure(quick: bool) -> Dict[str, float]:
     import cbsync
 
     loops, repeats = (20_000, 3) if quick else (200_000, 5)
-    bare = best_ns(work, loops, repeats)
+    bare = per_call_ns(work, loops, repeats)
     breaker = cbsync.CircuitBreaker("bench")
     decorated = breaker(work)
     opened = cbsync.CircuitBreaker("bench-open", failure_threshold=1, timeout="1h")
@@ -141,9 +116,9 @@ def measure(quick: bool) -> Dict[str, float]:
     except OSError:
         pass
     return {
-        "call_ns": best_ns(lambda: breaker.call(work), loops, repeats) - bare,
-        "decorated_ns": best_ns(decorated, loops, repeats) - bare,
-        "rejection_ns": best_rejection_ns(lambda: opened.call(work), loops, repeats),
+        "call_ns": per_call_ns(lambda: breaker.call(work), loops, repeats) - bare,
+        "decorated_ns": per_call_ns(decorated, loops, repeats) - bare,
+        "rejection_ns": per_rejection_ns(lambda: opened.call(work), loops, repeats),
         "adapter_us": adapter_overhead_us(200 if quick else 500, 5 if quick else 15),
     }
 

@@ -340,33 +340,28 @@ def test_fallback_on_failure_returns_fallback_and_records_failure(breaker_regist
     assert (snapshot.failures, snapshot.calls_rejected) == (2, 1)
 
 
-def test_ignored_exception_does_not_fall_back(breaker_registry):
-    """An ignored exception propagates and counts nothing, even with fallback_on_failure."""
+@pytest.mark.parametrize(
+    ("settings", "raised", "counted"),
+    [
+        ({"ignore": NotFoundError}, NotFoundError("no such row"), "ignored"),
+        ({"failure_on": DownError}, KeyError("k"), "successes"),  # outside failure_on
+    ],
+    ids=["ignored", "not-a-failure"],
+)
+def test_an_exception_that_is_no_failure_does_not_fall_back(
+    breaker_registry, settings, raised, counted
+):
+    """An ignored exception, or one outside failure_on, propagates: no fallback."""
 
-    @cbsync.circuit(
-        name="f", fallback=lambda: "fb", fallback_on_failure=True, ignore=NotFoundError
-    )
+    @cbsync.circuit(name="f", fallback=lambda: "fb", fallback_on_failure=True, **settings)
     def work():
-        raise NotFoundError("no such row")
+        raise raised
 
-    with pytest.raises(NotFoundError):
+    with pytest.raises(type(raised)):
         work()
     snapshot = work.breaker.snapshot()
-    assert (snapshot.failures, snapshot.ignored) == (0, 1)
-
-
-def test_exception_not_counted_as_failure_does_not_fall_back(breaker_registry):
-    """An exception outside failure_on is a success: it propagates, no fallback."""
-
-    @cbsync.circuit(
-        name="f", fallback=lambda: "fb", fallback_on_failure=True, failure_on=DownError
-    )
-    def work():
-        raise KeyError("k")
-
-    with pytest.raises(KeyError):
-        work()
-    assert work.breaker.snapshot().successes == 1
+    assert snapshot.failures == 0
+    assert getattr(snapshot, counted) == 1
 
 
 def test_failure_result_falls_back_when_asked(breaker_registry):

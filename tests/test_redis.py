@@ -710,24 +710,7 @@ def test_a_forked_child_restarts_the_background_sync(stores, tmp_path):
         os.waitpid(pid, 0)
         """
     )
-    result = subprocess.run(
-        # Python 3.12+ warns when a process with threads forks: that is the point here.
-        [
-            sys.executable,
-            "-W",
-            "ignore::DeprecationWarning",
-            "-c",
-            script,
-            stores.url,
-            stores.prefix,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,  # the installed cbsync, not the source tree's
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "forced_open"
+    assert _run_script(script, stores, tmp_path) == "forced_open"
 
 
 def test_four_processes_share_one_breaker(stores, tmp_path):

@@ -917,17 +917,22 @@ def hammer(session, url):
     return outcomes
 
 
+def hammer_a_shared_session(registry, backend, status):
+    """``hammer()`` one Session adapted on ``registry``, ``backend`` answering ``status``."""
+    backend.status = status
+    with requests.Session() as session:
+        session.trust_env = False
+        install(session, registry=registry, pool_maxsize=THREADS)
+        return hammer(session, backend.url)
+
+
 def test_threads_sharing_a_session_count_exactly(clock, backend):
     """8 threads on one Session against a failing server: every request counted once."""
     registry = cbsync.Registry(
         {"http_service": {"failure_threshold": None, "failure_rate_threshold": None}},
         clock=clock,
     )
-    backend.status = 500
-    with requests.Session() as session:
-        session.trust_env = False
-        install(session, registry=registry, pool_maxsize=THREADS)
-        outcomes = hammer(session, backend.url)
+    outcomes = hammer_a_shared_session(registry, backend, 500)
     total = THREADS * REQUESTS_PER_THREAD
     assert outcomes == {500: total}
     assert backend.count == total
@@ -941,11 +946,7 @@ def test_threads_open_the_circuit_once(clock, backend):
         {"http_service": {"failure_threshold": 40, "failure_rate_threshold": None}},
         clock=clock,
     )
-    backend.status = 503
-    with requests.Session() as session:
-        session.trust_env = False
-        install(session, registry=registry, pool_maxsize=THREADS)
-        outcomes = hammer(session, backend.url)
+    outcomes = hammer_a_shared_session(registry, backend, 503)
     snapshot = registry.get(backend.url, profile="http_service").snapshot()
     assert sum(outcomes.values()) == THREADS * REQUESTS_PER_THREAD
     assert outcomes[503] == backend.count == snapshot.calls_allowed == snapshot.failures

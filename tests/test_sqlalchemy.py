@@ -1,5 +1,6 @@
 """The SQLAlchemy integration, on a SQLite file database and a real PostgreSQL behind a proxy."""
 
+import contextlib
 import doctest
 import gc
 import os
@@ -44,6 +45,16 @@ def make_breaker(clock, **overrides):
     }
     settings.update(overrides)
     return cbsync.CircuitBreaker("db", clock=clock, **settings)
+
+
+@contextlib.contextmanager
+def listening(engine, identifier, listener):
+    """``listener`` on ``engine``'s ``identifier`` event for the block."""
+    event.listen(engine, identifier, listener)
+    try:
+        yield
+    finally:
+        event.remove(engine, identifier, listener)
 
 
 def scalar(engine, sql="select 1"):
@@ -180,12 +191,9 @@ def test_sqlite_error_outside_the_driver_is_ignored(sqlite_engine, attached, bre
     def broken(cursor, statement, parameters, context):
         raise ValueError("listener bug")
 
-    event.listen(sqlite_engine, "do_execute", broken)
-    try:
-        with sqlite_engine.connect() as conn, pytest.raises(ValueError, match="listener bug"):
-            conn.execute(text("select :x"), {"x": 1})
-    finally:
-        event.remove(sqlite_engine, "do_execute", broken)
+    failing = pytest.raises(ValueError, match="listener bug")
+    with listening(sqlite_engine, "do_execute", broken), sqlite_engine.connect() as conn, failing:
+        conn.execute(text("select :x"), {"x": 1})
     snapshot = breaker.snapshot()
     assert (snapshot.ignored, snapshot.failures) == (1, 0)
 
@@ -298,11 +306,8 @@ def test_sqlite_half_open_full_rejects_with_half_open_error(
     with sqlite_engine.connect() as conn:
         open_by_failures(breaker)
         clock.advance(TIMEOUT)
-        event.listen(sqlite_engine, "do_execute", during_trial)
-        try:
+        with listening(sqlite_engine, "do_execute", during_trial):
             conn.execute(text("select 1 as trial"))
-        finally:
-            event.remove(sqlite_engine, "do_execute", during_trial)
     assert len(errors) == 2
     for error in errors:
         assert isinstance(error, DatabaseHalfOpenLimitReached)
@@ -334,12 +339,8 @@ def test_sqlite_keyboard_interrupt_gives_the_trial_permit_back(
     with sqlite_engine.connect() as conn:
         open_by_failures(breaker)
         clock.advance(TIMEOUT)
-        event.listen(sqlite_engine, "do_execute", interrupt)
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                conn.execute(text("select :x"), {"x": 1})
-        finally:
-            event.remove(sqlite_engine, "do_execute", interrupt)
+        with listening(sqlite_engine, "do_execute", interrupt), pytest.raises(KeyboardInterrupt):
+            conn.execute(text("select :x"), {"x": 1})
         assert breaker.state is cbsync.State.HALF_OPEN
         before = breaker.snapshot()
     assert (before.successes, before.ignored) == (0, 0)
@@ -385,11 +386,8 @@ def test_detach_gives_back_the_permit_of_a_running_statement(
     with sqlite_engine.connect() as conn:
         open_by_failures(breaker)
         clock.advance(TIMEOUT)
-        event.listen(sqlite_engine, "do_execute", detach_now)
-        try:
+        with listening(sqlite_engine, "do_execute", detach_now):
             conn.execute(text("select :x"), {"x": 1})
-        finally:
-            event.remove(sqlite_engine, "do_execute", detach_now)
     assert not attached.attached
     assert breaker.snapshot().successes == 0
     assert breaker.call(lambda: "trial") == "trial"  # HalfOpenLimitReached if the permit leaked

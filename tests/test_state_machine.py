@@ -14,6 +14,13 @@ def make(clock, **fields):
     return cbsync.CircuitBreaker("sm", clock=clock, **fields)
 
 
+def rejected(breaker):
+    """The CircuitOpenError a call through ``breaker`` gets now."""
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(ok)
+    return info.value
+
+
 def test_seed_three_failures_open_and_reject_without_calling():
     """Seed test 1: failure_threshold=3, three failures open; the next call is rejected unrun."""
     breaker = cbsync.CircuitBreaker("seed", failure_threshold=3)
@@ -62,9 +69,7 @@ def test_consecutive_failures_open_regardless_of_minimum_calls(clock):
     breaker = make(clock, failure_threshold=2, minimum_calls=100)
     failures(breaker, 2)
     assert breaker.state is State.OPEN
-    with pytest.raises(CircuitOpenError) as info:
-        breaker.call(ok)
-    assert info.value.reason == OpenReason("consecutive_failures", 2)
+    assert rejected(breaker).reason == OpenReason("consecutive_failures", 2)
 
 
 def test_open_rejects_with_details(clock):
@@ -158,9 +163,7 @@ def test_first_trial_failure_reopens(clock):
     breaker.call(ok)
     failures(breaker, 1)
     assert breaker.state is State.OPEN
-    with pytest.raises(CircuitOpenError) as info:
-        breaker.call(ok)
-    assert info.value.reason == OpenReason("consecutive_failures", 1)
+    assert rejected(breaker).reason == OpenReason("consecutive_failures", 1)
 
 
 def test_backoff_grows_the_open_period_up_to_the_cap(clock):
@@ -229,11 +232,10 @@ def test_trip_forces_open_until_reset(clock):
     breaker.trip("maintenance window")
     assert breaker.state is State.FORCED_OPEN
     clock.advance(10_000)
-    with pytest.raises(CircuitOpenError) as info:
-        breaker.call(ok)
-    assert info.value.reason == OpenReason("manual", "maintenance window")
-    assert info.value.retry_after is None
-    assert "no automatic retry" in str(info.value)
+    error = rejected(breaker)
+    assert error.reason == OpenReason("manual", "maintenance window")
+    assert error.retry_after is None
+    assert "no automatic retry" in str(error)
     assert breaker.retry_after is None
     breaker.reset()
     assert breaker.call(ok) == "ok"

@@ -18,13 +18,20 @@ def make(clock, **fields):
     return cbsync.CircuitBreaker("w", clock=clock, **base)
 
 
+@pytest.mark.parametrize(
+    ("successes", "failed", "rate"),
+    [(0, 9, 1.0), (6, 4, 0.4)],
+    ids=["below-minimum-calls", "below-the-threshold"],
+)
 @pytest.mark.parametrize("window", WINDOWS)
-def test_rate_is_not_judged_below_minimum_calls(clock, window):
-    """Nine failures out of nine calls do not open a window needing ten."""
+def test_the_window_stays_closed(clock, window, successes, failed, rate):
+    """9 failures of 9 calls (a window needing 10), or 4 of 10 (under 50 %), stay CLOSED."""
     breaker = make(clock, **window)
-    failures(breaker, 9)
+    for _ in range(successes):
+        breaker.call(ok)
+    failures(breaker, failed)
     assert breaker.state is cbsync.State.CLOSED
-    assert breaker.snapshot().window_failure_rate == 1.0
+    assert breaker.snapshot().window_failure_rate == rate
 
 
 @pytest.mark.parametrize("window", WINDOWS)
@@ -40,17 +47,6 @@ def test_failure_rate_opens_at_the_threshold(clock, window):
     with pytest.raises(cbsync.CircuitOpenError) as info:
         breaker.call(ok)
     assert info.value.reason == cbsync.OpenReason("failure_rate", 0.5)
-
-
-@pytest.mark.parametrize("window", WINDOWS)
-def test_below_threshold_stays_closed(clock, window):
-    """Four failures in ten calls stay under a 50 % threshold."""
-    breaker = make(clock, **window)
-    for _ in range(6):
-        breaker.call(ok)
-    failures(breaker, 4)
-    assert breaker.state is cbsync.State.CLOSED
-    assert breaker.snapshot().window_failure_rate == 0.4
 
 
 @pytest.mark.parametrize("window", WINDOWS)
