@@ -17,6 +17,12 @@ revision:
 Printed as a Markdown table with the checkout's figure as a ratio of the
 baseline's (below 1.0: faster).  Needs requests; the baseline defaults to
 ``origin/main`` if it exists, else ``main``.
+
+``--instructions`` counts CPU instructions instead of timing (valgrind's
+callgrind, run twice per figure with different loop counts; the difference
+divided by the extra loops is one call's cost).  Counts do not depend on what
+else the machine does, so small differences are real; the HTTP server then
+runs in a process of its own, outside the count.
 """
 
 import argparse
@@ -102,6 +108,99 @@ def adapter_overhead_us(requests_per_batch: int, batches: int) -> float:
     return statistics.median(differences)
 
 
+def count_loop(kind: str, loops: int, port: int) -> None:
+    """Run ``loops`` operations of ``kind`` (for an instruction count)."""
+    import cbsync
+
+    if kind.startswith("adapter"):
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        from cbsync.integrations.requests import CircuitBreakerAdapter
+
+        session = requests.Session()
+        session.trust_env = False
+        plain = kind == "adapter-plain"
+        session.mount("http://", HTTPAdapter() if plain else CircuitBreakerAdapter())
+        url = "http://127.0.0.1:{}/".format(port)
+        for _ in range(loops):
+            session.get(url).close()
+        return
+    breaker = cbsync.CircuitBreaker("bench", failure_threshold=1, timeout="1h")
+    if kind == "call":
+        for _ in range(loops):
+            breaker.call(work)
+    elif kind == "decorated":
+        decorated = breaker(work)
+        for _ in range(loops):
+            decorated()
+    elif kind == "rejection":
+        try:
+            breaker.call(fails)
+        except OSError:
+            pass
+        for _ in range(loops):
+            try:
+                breaker.call(work)
+            except Exception:
+                pass
+
+
+def instructions(site: str, kind: str, port: int, quick: bool) -> float:
+    """Instructions of one operation of ``kind`` with the cbsync installed in ``site``."""
+    few, many = (200, 2200) if kind.startswith("adapter") else (2000, 22000)
+    if quick:
+        many = few + (many - few) // 4
+    totals = []
+    for loops in (few, many):
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+             sys.executable, os.path.abspath(__file__), "--count", kind, str(loops), str(port)],
+            check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=site),
+        ).stderr  # fmt: skip
+        totals.append(int(out.rsplit("refs:", 1)[1].split()[0].replace(",", "")))
+    return (totals[1] - totals[0]) / (many - few)
+
+
+def serve_forever() -> None:
+    """The HTTP server of the instruction counts, in its own process: prints its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+def count_instructions(sites: Dict[str, str], quick: bool) -> Dict[str, Dict[str, float]]:
+    server = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        counts: Dict[str, Dict[str, float]] = {}
+        for name, site in sites.items():
+            each = {k: instructions(site, k, port, quick) for k in COUNTED}
+            counts[name] = {
+                "call_ns": each["call"],
+                "decorated_ns": each["decorated"],
+                "rejection_ns": each["rejection"],
+                "adapter_us": each["adapter-cbsync"] - each["adapter-plain"],
+            }
+        return counts
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+COUNTED = ("call", "decorated", "rejection", "adapter-plain", "adapter-cbsync")
+INSTRUCTION_LABELS = {
+    "call_ns": "call() of a CLOSED breaker, instructions",
+    "decorated_ns": "@breaker call, instructions",
+    "rejection_ns": "OPEN rejection, instructions",
+    "adapter_us": "requests adapter overhead per request, instructions",
+}
+
+
 def measure(quick: bool) -> Dict[str, float]:
     """One revision's figures (run in a subprocess with that revision importable)."""
     import cbsync
@@ -155,10 +254,22 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--baseline", help="git revision to compare with (default: main)")
     parser.add_argument("--rounds", type=int, default=5, help="alternations (default 5)")
     parser.add_argument("--quick", action="store_true", help="fewer loops (a smoke run)")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions (valgrind) instead"
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", nargs=3, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.measure:
         print(json.dumps(measure(options.quick)))
+        return 0
+    if options.serve:
+        serve_forever()
+        return 0
+    if options.count:
+        kind, loops, port = options.count
+        count_loop(kind, int(loops), int(port))
         return 0
     baseline = options.baseline or default_baseline()
     work_dir = tempfile.mkdtemp(prefix="cbsync-versus-")
@@ -170,7 +281,10 @@ def main(argv: List[str]) -> int:
         install(export(baseline, tempfile.mkdtemp(dir=work_dir)), sites["baseline"])
         install(ROOT, sites["checkout"])
         results: Dict[str, List[Dict[str, float]]] = {"baseline": [], "checkout": []}
-        for _ in range(options.rounds):
+        if options.instructions:
+            for name, counts in count_instructions(sites, options.quick).items():
+                results[name].append(counts)
+        for _ in range(0 if options.instructions else options.rounds):
             for name, site in sites.items():
                 command = [sys.executable, os.path.abspath(__file__), "--measure"]
                 if options.quick:
@@ -186,13 +300,21 @@ def main(argv: List[str]) -> int:
                 results[name].append(json.loads(out))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    print(
-        "cbsync {} (baseline) vs this checkout, Python {}, {} alternating rounds, "
-        "medians:\n".format(baseline, sys.version.split()[0], options.rounds)
-    )
+    if options.instructions:
+        print(
+            "cbsync {} (baseline) vs this checkout, Python {}, CPU instructions per "
+            "operation (callgrind):\n".format(baseline, sys.version.split()[0])
+        )
+    else:
+        print(
+            "cbsync {} (baseline) vs this checkout, Python {}, {} alternating rounds, "
+            "medians:\n".format(baseline, sys.version.split()[0], options.rounds)
+        )
     print("| figure | baseline | checkout | checkout / baseline |")
     print("|---|---:|---:|---:|")
     for key, label in FIGURES:
+        if options.instructions:
+            label = INSTRUCTION_LABELS[key]
         old = statistics.median(r[key] for r in results["baseline"])
         new = statistics.median(r[key] for r in results["checkout"])
         print("| {} | {:.1f} | {:.1f} | {:.3f} |".format(label, old, new, new / old))

@@ -14,9 +14,11 @@
   check that hangs holds one worker and delays only its own breaker.  Plain
   daemon threads, not ``concurrent.futures``: its workers are joined at
   interpreter exit, so a hanging check would hang the exit.
-* Breakers tell the scheduler about their state changes (after releasing
-  their lock); the scheduler reads the breaker's *current* state each time,
-  so late or reordered notices still leave it right.
+* A check is an internal listener of its breaker's state changes (a
+  ``StateObserver``, told after the breaker's lock is released); the
+  scheduler reads the breaker's *current* state each time, so late or
+  reordered notices still leave it right.  It sees the breaker only through
+  the narrow :class:`Target` the breaker gives it.
 * A healthy result moves the breaker only if it is still in the very OPEN
   state object the check started under (compare-and-set under the breaker's
   lock): a ``trip()``, ``reset()`` or reopen meanwhile is never undone.

@@ -17,8 +17,8 @@ has), each answering the same few questions:
 A transition swaps the breaker's current state object, and a call remembers
 the object it was admitted under: ``admitted is current`` tells, when the
 call ends, whether its outcome still belongs to the current state.  The
-states know the breaker only through :class:`Machine`, the few operations
-they ask of it; the rules themselves are the pure functions of ``_decide``.
+states know the breaker only through the few operations they ask of it
+(:class:`Host`); the rules themselves are the pure functions of ``_decide``.
 """
 
 import math
@@ -39,7 +39,7 @@ _FORCED_OPEN = State.FORCED_OPEN
 _DISABLED = State.DISABLED
 
 
-class Machine(Protocol):
+class Host(Protocol):
     """What the states ask of the breaker (its lock is held for all of it)."""
 
     @property
@@ -103,9 +103,7 @@ class _Base:
         """The error a call would get now, or ``None`` if it would be admitted."""
         return self.error(name, now) if self.refuses(now, config) else None
 
-    def admit(
-        self, machine: Machine, now: float, events: "List[Event]"
-    ) -> "Optional[StateObject]":
+    def admit(self, machine: Host, now: float, events: "List[Event]") -> "Optional[StateObject]":
         """Take a permit (lock held): the state the call is admitted under, or
         ``None`` if the (then current) state refuses it.
 
@@ -117,7 +115,7 @@ class _Base:
 
     def after_outcome(
         self,
-        machine: Machine,
+        machine: Host,
         failed: bool,
         now: float,
         at_least: Optional[float],
@@ -126,7 +124,7 @@ class _Base:
         """A call admitted under this state ended as a success or a failure
         (lock held; the window and the streak already count it)."""
 
-    def release(self, machine: Machine) -> None:
+    def release(self, machine: Host) -> None:
         """A call admitted under this state ended without an outcome (lock held)."""
 
     def retry_after(self, now: float) -> Optional[float]:
@@ -155,7 +153,7 @@ class Closed(_Base):
 
     def after_outcome(
         self,
-        machine: Machine,
+        machine: Host,
         failed: bool,
         now: float,
         at_least: Optional[float],
@@ -191,9 +189,7 @@ class Open(_Base):
         # Only for a call it refuses: now < until.
         return CircuitOpenError(name, _OPEN, self.reason, self.until - now)
 
-    def admit(
-        self, machine: Machine, now: float, events: "List[Event]"
-    ) -> "Optional[StateObject]":
+    def admit(self, machine: Host, now: float, events: "List[Event]") -> "Optional[StateObject]":
         if self.refuses(now, machine.config):
             return None
         trials = HalfOpen(self.reason)
@@ -229,9 +225,7 @@ class HalfOpen(_Base):
     def error(self, name: str, now: float) -> CircuitOpenError:
         return HalfOpenLimitReached(name, _HALF_OPEN, self.reason, None)
 
-    def admit(
-        self, machine: Machine, now: float, events: "List[Event]"
-    ) -> "Optional[StateObject]":
+    def admit(self, machine: Host, now: float, events: "List[Event]") -> "Optional[StateObject]":
         if self.refuses(now, machine.config):
             return None
         self.in_flight += 1
@@ -239,7 +233,7 @@ class HalfOpen(_Base):
 
     def after_outcome(
         self,
-        machine: Machine,
+        machine: Host,
         failed: bool,
         now: float,
         at_least: Optional[float],
@@ -257,7 +251,7 @@ class HalfOpen(_Base):
         if reason is not None:
             machine._close(reason, events)
 
-    def release(self, machine: Machine) -> None:
+    def release(self, machine: Host) -> None:
         self.in_flight -= 1
         machine._trial_ended(False)
 
