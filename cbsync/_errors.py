@@ -9,7 +9,7 @@ second and most of those messages are never looked at.
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from ._state import OpenReason, State
+    from ._state import State, TransitionReason
 
 
 class CircuitBreakerError(Exception):
@@ -20,7 +20,7 @@ class CircuitOpenError(CircuitBreakerError):
     """A call was rejected because the circuit does not admit it.
 
     ``breaker`` is the breaker's name, ``state`` its state at the rejection,
-    ``reason`` the :class:`~cbsync.OpenReason` it opened for and
+    ``reason`` the :class:`~cbsync.TransitionReason` it opened for and
     ``retry_after`` the seconds until it admits a trial call (``None`` when
     unknown, as for a manual trip).
     """
@@ -29,7 +29,7 @@ class CircuitOpenError(CircuitBreakerError):
         self,
         breaker: str,
         state: "State",
-        reason: "OpenReason",
+        reason: "TransitionReason",
         retry_after: Optional[float],
         *args: object,
         **kwargs: object,

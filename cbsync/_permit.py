@@ -169,18 +169,20 @@ class Permit:
         except IndexError:  # finished by another thread meanwhile
             return
         machine = self._machine
-        machine._drop(admitted)
-        if not machine._warned_drop:
-            machine._warned_drop = True
-            logger.warning(
-                "cbsync: a permit of circuit breaker %r was dropped without an outcome "
-                "(success(), failure(), ignore(), outcome(), result(), record() or "
-                "release()); "
-                "it counts nothing%s.  Further drops are counted in "
-                "snapshot().dropped_permits",
-                machine._name,
-                " and its trial slot was given back" if self._trial else "",
-            )
+        try:
+            machine._drop(admitted)
+            if not machine._warned_drop:
+                machine._warned_drop = True
+                logger.warning(
+                    "cbsync: a permit of circuit breaker %r was dropped without an outcome "
+                    "(success(), failure(), ignore(), outcome(), result(), record() or "
+                    "release()); it counts nothing%s.  Further drops are counted in "
+                    "snapshot().dropped_permits",
+                    machine._name,
+                    " and its trial slot was given back" if self._trial else "",
+                )
+        except Exception:  # at interpreter exit, say: a finaliser must not raise
+            pass
 
     def __repr__(self) -> str:
         return "<cbsync.Permit of {!r}{}{}>".format(

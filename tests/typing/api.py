@@ -1,7 +1,7 @@
 """Uses of the public API that mypy --strict must accept (checked by `tox -e type`)."""
 
 import datetime
-from typing import Optional
+from typing import List, Optional
 
 import cbsync
 
@@ -44,3 +44,20 @@ try:
 except cbsync.CircuitOpenError as error:
     seconds: Optional[float] = error.retry_after
     kind: str = error.reason.kind
+
+# The admission API, lookup by name, reporting.
+permit: cbsync.Permit = breaker.acquire()
+outcome: Optional[cbsync.Outcome] = permit.outcome(None)
+with breaker.acquire() as held:
+    trial: bool = held.trial
+refusal: Optional[cbsync.CircuitOpenError] = breaker.rejection()
+counted: cbsync.Outcome = breaker.classify(OSError("down"))
+registry: cbsync.Registry = cbsync.default_registry()
+found: cbsync.CircuitBreaker = cbsync.registry.get("typed-lookup")
+again: cbsync.CircuitBreaker = cbsync.registry["typed-lookup"]
+reason: cbsync.TransitionReason = cbsync.TransitionReason("manual", "drill")
+
+from cbsync.reporting import Delta, Reader  # noqa: E402
+
+deltas: List[Delta] = Reader(cbsync.registry).read()
+moves: int = sum(deltas[0].transitions.values()) if deltas else 0
