@@ -570,19 +570,6 @@ def test_command_reports_a_port_in_use():
 # -- the fleet view (Redis) --------------------------------------------------------
 
 
-@pytest.fixture
-def stores():
-    """RedisStores on the test server, one unique prefix; keys deleted afterwards."""
-    from _redis_support import Stores, require_redis
-
-    require_redis()
-    made = Stores()
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 @pytest.mark.redis
 def test_fleet_view_shows_the_shared_breakers_and_acts_fleet_wide(stores, serve, caplog):
     """With store=: the fleet's breakers from Redis; trip and reset act in every process."""
@@ -642,15 +629,9 @@ def test_read_only_fleet_view_never_writes_to_redis(stores, serve):
 @pytest.mark.redis
 def test_fleet_view_survives_a_redis_outage_and_recovers(serve, caplog):
     """Redis killed: the page says since when the fleet state is unavailable; restarted: back."""
-    from _redis_support import RedisServer, wait_until
+    from _redis_support import private_fleet, wait_until
 
-    from cbsync.integrations.redis import RedisStore
-
-    redis_server = RedisServer()
-    redis_server.start()
-    worker_store = RedisStore(redis_server.url, sync_interval=0.05)
-    view_store = RedisStore(redis_server.url)
-    try:
+    with private_fleet() as (redis_server, worker_store, view_store):
         breaker = cbsync.CircuitBreaker("payments", store=worker_store, failure_threshold=1)
         failures(breaker, 1)
         assert worker_store.sync()
@@ -685,10 +666,6 @@ def test_fleet_view_survives_a_redis_outage_and_recovers(serve, caplog):
         assert "fleet state available again" in caplog.text
         page = fetch(server.url)[2].decode("utf-8")
         assert '<p class="banner" role="alert" data-field="banner" hidden></p>' in page
-    finally:
-        worker_store.close()
-        view_store.close()
-        redis_server.kill()
 
 
 @pytest.mark.redis

@@ -400,15 +400,9 @@ def test_screenshot_for_the_docs(chrome):
 
 def test_fleet_outage_banner_shows_in_the_browser(chrome, page):
     """Redis gone: the page shows "Fleet state unavailable since" without a reload."""
-    from _redis_support import RedisServer
+    from _redis_support import private_fleet
 
-    from cbsync.integrations.redis import RedisStore
-
-    redis_server = RedisServer()
-    redis_server.start()
-    worker_store = RedisStore(redis_server.url, sync_interval=0.05)
-    view_store = RedisStore(redis_server.url)
-    try:
+    with private_fleet() as (redis_server, worker_store, view_store):
         breaker = cbsync.CircuitBreaker("payments", store=worker_store)
         breaker.call(lambda: None)
         assert worker_store.sync()
@@ -422,7 +416,3 @@ def test_fleet_outage_banner_shows_in_the_browser(chrome, page):
         assert tile(chrome, "payments") is not None  # the last state read stays shown
         redis_server.start()
         wait_for(chrome, lambda c: not banner.is_displayed(), 10.0, "the recovery")
-    finally:
-        worker_store.close()
-        view_store.close()
-        redis_server.kill()
