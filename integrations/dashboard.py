@@ -57,6 +57,7 @@ from typing import (
     Callable,
     Deque,
     Dict,
+    FrozenSet,
     Iterable,
     List,
     Mapping,
@@ -71,7 +72,7 @@ from typing import (
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import cbsync
-from cbsync import CircuitBreaker, ConfigError, State, TransitionReason
+from cbsync import CircuitBreaker, ConfigError, State, StateTransition, TransitionReason
 from cbsync.reporting import STATE_CODES, Delta, Reader, Reporter
 from cbsync.toolkit import did_you_mean, parse_duration
 
@@ -155,13 +156,6 @@ SubParsers = Any  # argparse's _SubParsersAction is private
 # -- what a tile shows -------------------------------------------------------------
 
 
-class _Transition(NamedTuple):
-    at: datetime.datetime
-    old: State
-    new: State
-    reason: TransitionReason
-
-
 class _Tile(NamedTuple):
     """Everything one tile (and one entry of ``/api/breakers``) shows."""
 
@@ -177,7 +171,7 @@ class _Tile(NamedTuple):
     window_calls: int
     consecutive_failures: int
     p99_latency: Optional[float]
-    transitions: Tuple[_Transition, ...]
+    transitions: Tuple[StateTransition, ...]  # newest first
     history_calls: Tuple[Optional[float], ...]
     history_failure_rate: Tuple[Optional[float], ...]
 
@@ -269,7 +263,7 @@ class _LocalView:
         self.history = history
         self.description = "this process's breakers"
         self._last_sample: Optional[float] = None
-        self._sampled: Dict[str, int] = {}
+        self._sampled: FrozenSet[str] = frozenset()
 
     def sample(self, deltas: List[Delta]) -> None:
         now = time.monotonic()
@@ -283,7 +277,7 @@ class _LocalView:
                 calls = (delta.calls + delta.ignored) / elapsed
                 rejected = delta.rejected / elapsed
             samples.append((delta.name, calls, rejected, delta.snapshot.window_failure_rate))
-        self._sampled = {delta.name: 1 for delta in deltas}
+        self._sampled = frozenset(delta.name for delta in deltas)
         self.history.record(samples)
 
     def read(self) -> _Reading:
@@ -315,10 +309,7 @@ class _LocalView:
             window_calls=snap.window_calls,
             consecutive_failures=snap.consecutive_failures,
             p99_latency=snap.p99_latency,
-            transitions=tuple(
-                _Transition(t.at, t.old, t.new, t.reason)
-                for t in reversed(snap.transitions[-TRANSITIONS_SHOWN:])
-            ),
+            transitions=tuple(reversed(snap.transitions[-TRANSITIONS_SHOWN:])),
             history_calls=history_calls,
             history_failure_rate=history_failure_rate,
         )
@@ -368,7 +359,7 @@ class _FleetView:
         self._next_read = -math.inf
         self._down_since: Optional[datetime.datetime] = None
         self._error: Optional[str] = None
-        self._transitions: Dict[str, Deque[_Transition]] = {}
+        self._transitions: Dict[str, Deque[StateTransition]] = {}
 
     def _fetch(self) -> None:
         """Read the fleet if the last read is stale (under ``self._lock``)."""
@@ -408,7 +399,7 @@ class _FleetView:
             if old is not None and (old.state, old.changed_at) != (row.state, row.changed_at):
                 seen = self._transitions.setdefault(row.name, deque(maxlen=TRANSITIONS_SHOWN))
                 seen.appendleft(
-                    _Transition(row.changed_at or _utc_now(), old.state, row.state, row.reason)
+                    StateTransition(old.state, row.state, row.reason, row.changed_at or _utc_now())
                 )
         names = {row.name for row in rows}
         for gone in [name for name in self._transitions if name not in names]:
@@ -812,9 +803,9 @@ class Dashboard:
         with self._reporter_lock:
             if self._reporter is None and not self._closed:
                 self.sample()  # the baseline the first rates are measured from
-                # The reporter's thread is a daemon, restarted in a forked child.
-                # The same Reader as sample(), so that the first rates are measured
-                # from the baseline (Reporter's hints omit a Reader; its code takes one).
+                # The reporter's thread is a daemon, restarted in a forked child.  It
+                # reads with the same Reader, so its first deltas start at that
+                # baseline (Reporter's type hints omit a Reader; its code takes one).
                 reader: Any = self._view.reader
                 self._reporter = Reporter(reader, self._view.sample, interval=self.interval)
 
