@@ -103,6 +103,7 @@ SUBCOMMANDS: List[Union[str, Callable[[SubParsers], None]]] = [
     "cbsync.integrations._redis_cli:add_trip",
     "cbsync.integrations._redis_cli:add_reset",
     "cbsync.integrations._redis_cli:add_watch",
+    "cbsync.integrations.dashboard:add_dashboard",
 ]
 
 

@@ -234,7 +234,7 @@ class Reader:
 class Reporter:
     """Calls ``send(deltas)`` every ``interval`` seconds from a background thread.
 
-    ``source`` is what a :class:`Reader` takes; ``send`` gets the list of
+    ``source`` is what a :class:`Reader` takes, or a Reader; ``send`` gets the list of
     :class:`Delta` of each read (every breaker, even an idle one, so that
     gauges stay fresh).  An exception raised by ``send`` is logged (at most
     once a minute) and never stops the reporter.  The thread is a daemon
@@ -246,7 +246,7 @@ class Reporter:
 
     def __init__(
         self,
-        source: Source,
+        source: Union[Source, Reader],
         send: Callable[[List[Delta]], None],
         *,
         interval: Duration = DEFAULT_INTERVAL,

@@ -9,7 +9,9 @@ Everything the demo needs runs in this process and is stopped at the end:
 * a SQLite database file in a temporary directory, behind a SQLAlchemy engine
   with a breaker attached;
 * a StatsD receiver: a UDP socket on loopback counting the lines cbsync's
-  ``StatsdListener`` sends it.
+  ``StatsdListener`` sends it;
+* the dashboard (:mod:`cbsync.integrations.dashboard`, read-only) on a free
+  loopback port, whose URL the header prints.
 
 Worker threads call all three while a script plays three phases: *healthy*
 (one order request in 25 fails, which the breakers tolerate), *outage* (the
@@ -57,6 +59,8 @@ from cbsync import (
     TransitionReason,
     circuit,
 )
+
+from .dashboard import Dashboard, DashboardServer, start_server
 
 if TYPE_CHECKING:
     import requests
@@ -173,6 +177,8 @@ _STALL = 1.0
 _ORDER_TIMEOUT = (1.0, 2.0)
 #: Seconds between two redraws of the live view.
 _REFRESH = 0.1
+#: Seconds between two samples of the dashboard's rates and sparklines.
+_DASHBOARD_INTERVAL = 0.5
 #: Seconds to wait for worker threads to end once told to stop.
 _JOIN_TIMEOUT = 3.0
 #: The rate the fallback returns when the rates service cannot give one.
@@ -707,6 +713,8 @@ class _Demo:
         self.attachment: Any = None
         self.workers = _Workers(self.stop, self.report)
         self.view: Optional[_View] = None
+        self.dashboard: Optional[Dashboard] = None
+        self.dashboard_server: Optional[DashboardServer] = None
         self.log_handler = _LogLines(self.start, self.lines)
         self.logger = logging.getLogger("cbsync")
         self.logger_propagate = self.logger.propagate
@@ -741,6 +749,12 @@ class _Demo:
         )
         self.registry.add_listener(self.statsd)
         self.registry.add_listener(_StateLog(self.start, self.lines))
+
+        # The same breakers in the browser, read-only, while the demo runs.
+        self.dashboard = Dashboard(
+            self.registry, title="cbsync demo", interval=_DASHBOARD_INTERVAL, history=120
+        )
+        self.dashboard_server = start_server(self.dashboard, port=0)
 
         self.service = _Service(self.scenario, self.stop)
         self.service_thread = threading.Thread(
@@ -805,6 +819,12 @@ class _Demo:
                 "StatsD", self.receiver.port, w=width
             )
         )
+        if self.dashboard_server is not None:
+            lines.append(
+                "  {:<{w}}  {} (read-only, while the demo runs)".format(
+                    "Dashboard", self.dashboard_server.url, w=width
+                )
+            )
         lines.append(
             "Breakers open after {} consecutive failures ({} for the database) or {:.0%} "
             "of at least {} calls failing within {:g}s, stay open {:g}s (x{:g} after each "
@@ -896,6 +916,10 @@ class _Demo:
             if self.service_thread is not None and self.service_thread.is_alive():
                 self.service.shutdown()
             self.service.server_close()
+        if self.dashboard_server is not None:
+            self.dashboard_server.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
         if self.statsd is not None:
             self.registry.remove_listener(self.statsd)
             self.statsd.close()

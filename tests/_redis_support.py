@@ -4,6 +4,7 @@ Tests read ``CBSYNC_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``).
 Outside CI a missing server skips them; with ``CI`` set it fails them.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 import redis
@@ -140,3 +141,19 @@ class RedisServer:
 
     def client(self) -> "redis.Redis":
         return redis.Redis.from_url(self.url, socket_timeout=2.0)
+
+
+@contextlib.contextmanager
+def private_fleet() -> Iterator[Tuple[RedisServer, RedisStore, RedisStore]]:
+    """A private redis-server, an application's store on it (syncing every 50 ms)
+    and an operator's store; all closed and the server killed afterwards."""
+    server = RedisServer()
+    server.start()
+    worker = RedisStore(server.url, sync_interval=0.05)
+    operator = RedisStore(server.url)
+    try:
+        yield server, worker, operator
+    finally:
+        worker.close()
+        operator.close()
+        server.kill()

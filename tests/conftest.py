@@ -27,3 +27,16 @@ def clock() -> Clock:
 def recorder() -> Recorder:
     """A listener that records events."""
     return Recorder()
+
+
+@pytest.fixture
+def stores():
+    """RedisStores on the test server, one unique prefix; keys deleted afterwards."""
+    from _redis_support import Stores, require_redis  # imports redis: only when used
+
+    require_redis()
+    made = Stores()
+    try:
+        yield made
+    finally:
+        made.close()

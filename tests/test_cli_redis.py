@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from _redis_support import Stores, free_port, require_redis
+from _redis_support import free_port
 from _support import failures, ok
 
 import cbsync
@@ -16,17 +16,6 @@ from cbsync.integrations._redis_cli import REDIS_URL_ENV, format_table
 from cbsync.integrations.redis import FleetStatus
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def stores():
-    """RedisStores on the test server, one unique prefix; keys deleted afterwards."""
-    require_redis()
-    made = Stores()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def where(stores):

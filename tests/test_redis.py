@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List
 import _redis_workers
 import pytest
 import redis
-from _redis_support import REDIS_URL, RedisServer, Stores, require_redis, wait_until
+from _redis_support import REDIS_URL, RedisServer, Stores, wait_until
 from _support import failures, ok
 
 import cbsync
@@ -38,17 +38,6 @@ SHARED = {
     "failure_rate_threshold": 0.5,
     "timeout": 0.3,
 }
-
-
-@pytest.fixture
-def stores() -> Iterator[Stores]:
-    """RedisStores on the test server, one unique prefix; keys deleted afterwards."""
-    require_redis()
-    made = Stores()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture
