@@ -188,8 +188,12 @@ class Reader:
         self._fork = ForkGuard(self._after_fork)
 
     def _after_fork(self) -> None:
+        """In a forked child: a fresh lock, and every breaker read now, so that
+        the child's first deltas are its own calls -- what the parent counted
+        before the fork is the parent's to report."""
         # A read running in another thread of the parent never ends here.
         self._lock = threading.Lock()
+        self._last = {breaker: breaker.snapshot() for breaker in self.breakers()}
 
     def breakers(self) -> List[CircuitBreaker]:
         """The breakers read now, in their registry's order."""
@@ -227,8 +231,11 @@ class Reader:
         return deltas
 
     def __repr__(self) -> str:
-        what = repr(self._registry) if self._registry is not None else repr(list(self._fixed))
-        return "<cbsync Reader of {}>".format(what)
+        if self._registry is not None:
+            return "<cbsync Reader of {!r}>".format(self._registry)
+        return "<cbsync Reader of {} breaker{}>".format(
+            len(self._fixed), "" if len(self._fixed) == 1 else "s"
+        )
 
 
 class Reporter:

@@ -2,7 +2,9 @@
 
 import logging
 import math
+import os
 import threading
+import warnings
 from typing import List
 
 import pytest
@@ -267,3 +269,39 @@ def test_a_state_change_listener_costs_the_fast_path_nothing(clock):
     assert calls == ["success"]
     breaker.trip()
     assert calls[-1] == (State.CLOSED, State.FORCED_OPEN)
+
+
+def test_a_forked_child_reports_only_its_own_calls(clock):
+    """After os.fork() the reader's first deltas in the child start at the fork."""
+    if not hasattr(os, "fork"):
+        pytest.skip("os.fork is POSIX")
+    breaker = cbsync.CircuitBreaker("forked", clock=clock)
+    reader = Reader(breaker)
+    for _ in range(3):
+        breaker.call(ok)
+    reader.read()
+    for _ in range(2):
+        breaker.call(ok)  # the parent's, not yet read: the parent reports them
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's report travels through the pipe
+        try:
+            breaker.call(ok)
+            os.write(write_end, str(reader.read()[0].successes).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child == "1"
+    assert reader.read()[0].successes == 2
+
+
+def test_a_reader_of_many_breakers_has_a_short_repr():
+    """A Reader of given breakers says how many, not what each is."""
+    breakers = [cbsync.CircuitBreaker("b{}".format(i)) for i in range(50)]
+    assert repr(Reader(breakers)) == "<cbsync Reader of 50 breakers>"
+    assert repr(Reader(breakers[0])) == "<cbsync Reader of 1 breaker>"
