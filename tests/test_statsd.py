@@ -1,6 +1,7 @@
 """StatsD reporting, checked against real UDP, TCP and Unix sockets on this host."""
 
 import collections
+import doctest
 import gc
 import json
 import logging
@@ -21,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cbsync
+from cbsync.integrations import statsd as module
 from cbsync.integrations.statsd import (
     StatsdReporter,
     sanitize_prefix,
@@ -990,3 +992,8 @@ def test_import_cbsync_does_not_import_statsd():
     """``import cbsync`` leaves the statsd package unimported."""
     code = "import sys, cbsync; sys.exit('statsd' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_docstring_examples_run():
+    """The module's docstring examples pass."""
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
