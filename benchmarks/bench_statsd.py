@@ -8,7 +8,8 @@ listener that pushes the state gauge at once (it overrides only
 reporter's thread taking the GIL, and each breaker's lock, while it reads.
 
 Each case calls a CLOSED breaker N times (``f`` returns 1, or ``--io``: a
-small system call), in T threads; the rounds of all cases are interleaved and
+small system call), or, with T threads, for as long from all of them (wall
+time per call, from their throughput); the rounds of all cases are interleaved and
 each case's time is divided by the baseline's of the same round, so machine
 noise hits both; the median ratio is printed, and the extra time as a share
 of what ``call()`` itself adds to a bare function call.  Cases:
@@ -29,12 +30,11 @@ import platform
 import socket
 import statistics
 import sys
-import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
 import statsd
-from run import work  # benchmarks/run.py, beside this script
+from run import per_call_ns, throughput, work  # benchmarks/run.py, beside this script
 
 import cbsync
 from cbsync.integrations.statsd import StatsdReporter
@@ -53,29 +53,11 @@ def closed_udp_port() -> int:
 
 
 def round_ns(call: Callable[[], object], calls: int, threads: int) -> float:
-    """Wall-clock nanoseconds per call of ``calls`` calls split over ``threads``."""
-
-    def loop(count: int, barrier: Optional[threading.Barrier] = None) -> None:
-        if barrier is not None:
-            barrier.wait()
-        for _ in range(count):
-            call()
-
+    """Nanoseconds per call: of ``calls`` calls in one thread, or of ``threads``
+    threads calling for ``calls`` microseconds."""
     if threads == 1:
-        start = time.perf_counter_ns()
-        loop(calls)
-        return (time.perf_counter_ns() - start) / calls
-    barrier = threading.Barrier(threads + 1)
-    workers = [
-        threading.Thread(target=loop, args=(calls // threads, barrier)) for _ in range(threads)
-    ]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    start = time.perf_counter_ns()
-    for worker in workers:
-        worker.join()
-    return (time.perf_counter_ns() - start) / calls
+        return per_call_ns(call, calls, 1)
+    return 1e9 / throughput(call, threads, seconds=calls / 1e6)
 
 
 #: (label, interval, breakers in the reporter's registry); None: no reporter.

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 
 import pytest
@@ -146,6 +147,21 @@ def drain(server):
         return metrics
     finally:
         server.settimeout(WAIT)
+
+
+def receive_until(server, done):
+    """Metrics as they arrive until ``done(metrics)``; fails after WAIT seconds."""
+    metrics = []
+    deadline = time.monotonic() + WAIT
+    while not done(metrics):
+        # real time: a reporter's thread sends when its interval comes (bounded by WAIT)
+        server.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            metrics += parse_packet(server.recv(65536).decode("ascii"))
+        except socket.timeout:
+            raise AssertionError("not received in {}s: {}".format(WAIT, metrics)) from None
+    server.settimeout(WAIT)
+    return metrics
 
 
 def total(metrics, name):
@@ -633,11 +649,8 @@ def test_background_thread_sends_by_itself(server, client, reporters):
     breaker = cbsync.CircuitBreaker("background")
     reporters(breaker, client, interval="50ms")
     breaker.call(ok)
-    names = set()
-    while "cbsync.background.success" not in names:
-        # real time: recv waits (at most WAIT s) for the thread's next interval
-        names.update(m.name for m in parse_packet(server.recv(65536).decode("ascii")))
-    assert names <= {
+    metrics = receive_until(server, lambda got: total(got, "cbsync.background.success"))
+    assert {m.name for m in metrics} <= {
         "cbsync.background.state",
         "cbsync.background.success",
         "cbsync.background.latency",
@@ -925,10 +938,7 @@ def test_forked_child_restarts_the_thread_and_reports_only_its_own_calls(server,
         with os.fdopen(report_r, "rb") as pipe:
             report = json.loads(pipe.read().decode())
         assert report == {"new_thread": True, "daemon": True}
-        metrics = []
-        while total(metrics, "cbsync.child.success") < 3:
-            # real time: recv waits (at most WAIT s) for the child's thread to send
-            metrics += parse_packet(server.recv(65536).decode("ascii"))
+        metrics = receive_until(server, lambda got: total(got, "cbsync.child.success") >= 3)
     finally:
         os.close(done_w)
         _, status = os.waitpid(pid, 0)
