@@ -362,7 +362,8 @@ class StatsdReporter:
                 pipe.incr("{}transition.{}.{}".format(base, old.value, new.value), count)
         calls = sum(count for _, count in delta.latency)
         if calls > 0:
-            lines = max(1, min(self._timer_lines, math.ceil(calls * self._rate)))
+            # (Less a hair: 100 * 0.07 is 7.000000000000001, which is 7 lines.)
+            lines = max(1, min(self._timer_lines, math.ceil(calls * self._rate - 1e-9)))
             suffix = "|ms" if lines == calls else "|ms|@" + _rate_text(lines / calls)
             for seconds in timer_values(delta.latency, delta.latency_sum, lines):
                 # The client's timing() would drop a line with a rate below 1

@@ -375,6 +375,17 @@ def test_sample_rate_is_the_share_of_calls_with_a_line(server, client, clock, re
     assert {m.rate for m in metrics if m.type != "ms"} == {None}  # never sampled
 
 
+def test_a_rate_that_floats_round_up_still_gives_its_share(server, client, reporters):
+    """100 calls at ``sample_rate=0.07`` make 7 lines (100 * 0.07 is 7.000000000000001)."""
+    breaker = cbsync.CircuitBreaker("share")
+    reporter = reporters(breaker, client, sample_rate=0.07)
+    for _ in range(100):
+        breaker.call(ok)
+    reporter.flush()
+    lines = [m for m in received(server, client) if m.type == "ms"]
+    assert [m.rate for m in lines] == [0.07] * 7
+
+
 def test_a_tiny_rate_is_written_in_plain_digits(server, client, reporters):
     """200,000 calls on one line: the rate is ``0.000005``, never ``5e-06``."""
     breaker = cbsync.CircuitBreaker("tiny")
