@@ -1,52 +1,43 @@
-"""What StatsD reporting costs a call, with the StatsD server unreachable.
+"""What StatsD reporting costs a call: ``call()`` with a StatsdReporter attached vs not.
 
-Run ``python benchmarks/bench_statsd.py [--calls N] [--repeat R] [--threads T]``.
-Each case runs ``breaker.call(f)`` on a successful ``f`` N times (split over
-T threads, 1 by default), R times over, and keeps the fastest round (the
-least disturbed by the rest of the machine); it prints wall-clock
-nanoseconds per call, the ratio to a breaker with no listener, and how many
-of the listener's events were dropped (``dropped_events``, which also counts
-latency values dropped while their calls were counted).
+Run ``python benchmarks/bench_statsd.py [--calls N] [--rounds R] [--threads T] [--io]``.
+A StatsdReporter never runs on a caller's thread: it reads the breakers'
+totals every ``interval`` from its own thread.  A call pays only for the
+listener that pushes the state gauge at once (it overrides only
+``on_state_change``, which the lock-free CLOSED path never calls) and for the
+reporter's thread taking the GIL, and each breaker's lock, while it reads.
 
-``StatsdListener`` appends each event to a buffer; a background thread
-sends.  In a loop of calls that never release the GIL the thread gets the
-GIL only now and then, falls behind, and calls past the buffer's high-water
-mark (half of ``max_buffer``) fold the buffer into counter sums and send the
-latency values over UDP themselves, a packet per call.  The cases show:
+Each case calls a CLOSED breaker N times (``f`` returns 1, or ``--io``: a
+small system call), or, with T threads, for as long from all of them (wall
+time per call, from their throughput); the rounds of all cases are interleaved and
+each case's time is divided by the baseline's of the same round, so machine
+noise hits both; the median ratio is printed, and the extra time as a share
+of what ``call()`` itself adds to a bare function call.  Cases:
 
-* no listener -- the baseline;
-* an empty ``cbsync.Listener`` -- what delivering events costs by itself;
-* ``StatsdListener`` as configured by default, over UDP to a closed loopback
-  port (nothing listens; the kernel answers with ICMP port unreachable), to
-  a bound port nobody reads, and with ``sample_rate=0.1``: the thread sends
-  while the loop runs;
-* "buffer only": the thread is kept idle during the round (an hour's flush
-  interval, a buffer larger than the round, so calls never take over) -- what
-  the call itself waits for;
-* "buffer + flush() in the round": the same with the flush of the whole round
-  timed too -- every cost of reporting, sending included, per call.
+* no reporter -- the baseline;
+* a StatsdReporter at the default interval (10 s), UDP to a closed port;
+* the same reading 1,000 times more often (every 10 ms), the worst case a
+  configuration could ask for;
+* the same every 10 ms over 100 breakers, so the reader holds the GIL longer.
 
-``--io`` makes ``f`` a small system call (``os.stat``) that releases the GIL,
-as the I/O a breaker protects does: then the thread sends while calls wait.
+Then the cost of one interval: ``flush()`` of 1,000 breakers, and that cost as
+a share of one core at the default interval.
 """
 
 import argparse
 import os
 import platform
 import socket
+import statistics
 import sys
-import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
 import statsd
+from run import per_call_ns, throughput, work  # benchmarks/run.py, beside this script
 
 import cbsync
-from cbsync.integrations.statsd import StatsdListener
-
-
-def noop() -> int:
-    return 1
+from cbsync.integrations.statsd import StatsdReporter
 
 
 def small_io() -> int:
@@ -61,134 +52,114 @@ def closed_udp_port() -> int:
     return port
 
 
-#: (label, make the listener, flush inside the timed region)
-Case = Tuple[str, Callable[[], Optional[cbsync.Listener]], bool]
+def round_ns(call: Callable[[], object], calls: int, threads: int) -> float:
+    """Nanoseconds per call: of ``calls`` calls in one thread, or of ``threads``
+    threads calling for ``calls`` microseconds."""
+    if threads == 1:
+        return per_call_ns(call, calls, 1)
+    return 1e9 / throughput(call, threads, seconds=calls / 1e6)
 
 
-def per_call_ns(
-    listener: Optional[cbsync.Listener],
-    work: Callable[[], int],
-    calls: int,
-    repeat: int,
-    flush_in_round: bool,
-    threads: int,
-) -> float:
-    listeners = [] if listener is None else [listener]
-    breaker = cbsync.CircuitBreaker("bench", listeners=listeners)
-    call = breaker.call
-    flush = listener.flush if isinstance(listener, StatsdListener) else None
-    for _ in range(min(calls, 10000)):  # warm up
-        call(work)
-    if flush is not None:
-        flush()
-
-    def loop(count: int, barrier: Optional[threading.Barrier] = None) -> None:
-        if barrier is not None:
-            barrier.wait()
-        for _ in range(count):
-            call(work)
-
-    best = float("inf")
-    for _ in range(repeat):
-        if threads == 1:
-            start = time.perf_counter_ns()
-            loop(calls)
-        else:
-            barrier = threading.Barrier(threads + 1)
-            workers = [
-                threading.Thread(target=loop, args=(calls // threads, barrier))
-                for _ in range(threads)
-            ]
-            for worker in workers:
-                worker.start()
-            barrier.wait()
-            start = time.perf_counter_ns()
-            for worker in workers:
-                worker.join()
-        if flush is not None and flush_in_round:
-            flush()
-        best = min(best, (time.perf_counter_ns() - start) / calls)
-        if flush is not None:
-            flush()  # an untimed round ends empty
-    return best
+#: (label, interval, breakers in the reporter's registry); None: no reporter.
+CASES: List[Tuple[str, Optional[str], int]] = [
+    ("no reporter", None, 1),
+    ("StatsdReporter, every 10 s (default)", "10s", 1),
+    ("StatsdReporter, every 10 ms", "10ms", 1),
+    ("StatsdReporter, every 10 ms, 100 breakers", "10ms", 100),
+]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=100000, help="calls per round")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds per case (best kept)")
-    parser.add_argument("--io", action="store_true", help="protect a small system call")
+    parser.add_argument("--calls", type=int, default=200_000, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=1, help="threads sharing the calls")
+    parser.add_argument("--io", action="store_true", help="protect a small system call")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.calls % args.threads:
         parser.error("--threads must be at least 1 and divide --calls")
-    work = small_io if args.io else noop
+    func = small_io if args.io else work
+    client = statsd.StatsClient("127.0.0.1", closed_udp_port())
+    cases: List[Tuple[Callable[[], object], Callable[[], Optional[StatsdReporter]]]] = []
+    for _, interval, count in CASES:
+        registry = cbsync.Registry()
+        for index in range(1, count):
+            registry.get("bench-{}".format(index))  # read too, never called
+        breaker = registry.get("bench-0")
 
-    unread = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    unread.bind(("127.0.0.1", 0))
-    closed = closed_udp_port()
-    clients: List[statsd.StatsClient] = []
+        def attach(registry: cbsync.Registry = registry, interval: Optional[str] = interval):
+            # A reporter only for its own case's rounds: the thread of another
+            # case's reporter would slow every case down alike.
+            if interval is None:
+                return None
+            return StatsdReporter(registry, client=client, interval=interval)
 
-    def udp(port: int) -> statsd.StatsClient:
-        client = statsd.StatsClient("127.0.0.1", port)
-        clients.append(client)
-        return client
+        cases.append((lambda breaker=breaker: breaker.call(func), attach))
+    bare = statistics.median(round_ns(func, args.calls, 1) for _ in range(5))
+    ratios: List[List[float]] = [[] for _ in CASES]
+    times: List[List[float]] = [[] for _ in CASES]
+    for call, _ in cases:
+        round_ns(call, args.calls // 10, args.threads)  # warm up
+    for _ in range(args.rounds):
+        measured = []
+        for call, attach in cases:
+            reporter = attach()
+            measured.append(round_ns(call, args.calls, args.threads))
+            if reporter is not None:
+                reporter.close(flush=False)
+        for index, ns in enumerate(measured):
+            times[index].append(ns)
+            ratios[index].append(ns / measured[0])
 
-    # The thread wakes early at a tenth of max_buffer: keep that past a round.
-    idle = {"flush_interval": "1h", "max_buffer": 10 * (args.calls + 10000)}
-    cases: List[Case] = [
-        ("no listener", lambda: None, False),
-        ("empty cbsync.Listener", cbsync.Listener, False),
-        ("StatsdListener, UDP to a closed port", lambda: StatsdListener(udp(closed)), False),
-        (
-            "StatsdListener, UDP to a bound, unread port",
-            lambda: StatsdListener(udp(unread.getsockname()[1])),
-            False,
-        ),
-        (
-            "StatsdListener, closed port, sample_rate=0.1",
-            lambda: StatsdListener(udp(closed), sample_rate=0.1),
-            False,
-        ),
-        (
-            "StatsdListener, closed port, buffer only",
-            lambda: StatsdListener(udp(closed), **idle),
-            False,
-        ),
-        (
-            "StatsdListener, closed port, buffer + flush()",
-            lambda: StatsdListener(udp(closed), **idle),
-            True,
-        ),
-    ]
     print(
-        "Python {} on {}; statsd {}; {} calls x {} rounds in {} thread(s), best round; "
-        "f = {}".format(
+        "Python {} on {}; statsd {}; {} calls x {} interleaved rounds in {} thread(s); "
+        "f = {}; bare f() {:.0f} ns".format(
             platform.python_version(),
             platform.machine(),
             statsd.__version__,
             args.calls,
-            args.repeat,
+            args.rounds,
             args.threads,
             "os.stat('.')" if args.io else "return 1",
+            bare,
         )
     )
-    baseline = None
-    for label, make, flush_in_round in cases:
-        listener = make()
-        ns = per_call_ns(listener, work, args.calls, args.repeat, flush_in_round, args.threads)
-        if baseline is None:
-            baseline = ns
-        dropped = ""
-        if isinstance(listener, StatsdListener):
-            listener.close()
-            # Each success is one event; rounds plus warm-up.
-            events = args.calls * args.repeat + min(args.calls, 10000) + 1
-            dropped = "  dropped {:5.1%}".format(listener.dropped_events / events)
-        print("{:<48} {:>9.0f} ns/call  x{:.2f}{}".format(label, ns, ns / baseline, dropped))
-    for client in clients:
-        client._sock.close()  # statsd 3.3's StatsClient has no close()
-    unread.close()
+    print()
+    print("| case | call() ns | x no reporter | extra / call() overhead |")
+    print("|---|---:|---:|---:|")
+    baseline = statistics.median(times[0])
+    overhead = baseline - bare
+    for (label, _, _), case_times, case_ratios in zip(CASES, times, ratios):
+        ratio = statistics.median(case_ratios)
+        extra = (ratio - 1) * baseline / overhead if overhead > 0 else float("nan")
+        print(
+            "| {} | {:.0f} | {:.3f} | {:+.1%} |".format(
+                label, statistics.median(case_times), ratio, extra
+            )
+        )
+
+    registry = cbsync.Registry()
+    for index in range(1000):
+        registry.get("b{}".format(index)).call(work)
+    reporter = StatsdReporter(registry, client=client, interval="1h")
+    reporter.flush()
+    costs = []
+    for _ in range(10):
+        for name in registry:
+            registry[name].call(work)
+        start = time.perf_counter()
+        reporter.flush()
+        costs.append(time.perf_counter() - start)
+    reporter.close(flush=False)
+    cost = statistics.median(costs)
+    print()
+    print(
+        "flush() of 1,000 breakers (1 call each since the last): {:.1f} ms, {:.0f} µs per "
+        "breaker; every 10 s that is {:.2%} of one core".format(
+            cost * 1e3, cost * 1e6 / 1000, cost / 10.0
+        )
+    )
+    client.close()
     return 0
 
 

@@ -9,7 +9,7 @@ Everything the demo needs runs in this process and is stopped at the end:
 * a SQLite database file in a temporary directory, behind a SQLAlchemy engine
   with a breaker attached;
 * a StatsD receiver: a UDP socket on loopback counting the lines cbsync's
-  ``StatsdListener`` sends it;
+  ``StatsdReporter`` sends it;
 * the dashboard (:mod:`cbsync.integrations.dashboard`, read-only) on a free
   loopback port, whose URL the header prints.
 
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     import requests
     import sqlalchemy
 
-    from .statsd import StatsdListener
+    from .statsd import StatsdReporter
 
 # The demo needs requests, SQLAlchemy and statsd.  The command line lists
 # this module's subcommand without them installed, so they are imported
@@ -189,6 +189,8 @@ _TIMELINE_MAX = 16
 _DB_NAME = "sqlite:///orders.db"
 _RATES_NAME = "rates.fetch_rate"
 _STATSD_PREFIX = "cbsync.demo"
+#: Seconds between two StatsD reports: often, so that the live view shows lines arriving.
+_STATSD_INTERVAL = 1.0
 
 _COLORS = {
     State.CLOSED: "\x1b[32m",
@@ -705,7 +707,7 @@ class _Demo:
         self.service: Optional[_Service] = None
         self.service_thread: Optional[threading.Thread] = None
         self.receiver: Optional[_StatsdReceiver] = None
-        self.statsd: Optional[StatsdListener] = None
+        self.statsd: Optional[StatsdReporter] = None
         self.profiles = profiles(duration)
         self.registry = Registry(self.profiles)
         self.session: Optional[requests.Session] = None
@@ -735,7 +737,7 @@ class _Demo:
 
         from .requests import install
         from .sqlalchemy import attach
-        from .statsd import StatsdListener
+        from .statsd import StatsdReporter
 
         # cbsync logs every state change; the view shows them already, and a
         # log line on stderr would tear the table apart.
@@ -744,10 +746,13 @@ class _Demo:
 
         self.receiver = _StatsdReceiver()
         self.receiver.start()
-        self.statsd = StatsdListener(
-            host="127.0.0.1", port=self.receiver.port, prefix=_STATSD_PREFIX
+        self.statsd = StatsdReporter(
+            self.registry,
+            host="127.0.0.1",
+            port=self.receiver.port,
+            prefix=_STATSD_PREFIX,
+            interval=_STATSD_INTERVAL,
         )
-        self.registry.add_listener(self.statsd)
         self.registry.add_listener(_StateLog(self.start, self.lines))
 
         # The same breakers in the browser, read-only, while the demo runs.
@@ -815,8 +820,8 @@ class _Demo:
         lines = ["cbsync demo: three dependencies fail together; watch their breakers"]
         lines.extend("  {:<{w}}  {}".format(r.breaker.name, r.role, w=width) for r in self.rows)
         lines.append(
-            "  {:<{w}}  StatsdListener -> UDP receiver on 127.0.0.1:{}".format(
-                "StatsD", self.receiver.port, w=width
+            "  {:<{w}}  StatsdReporter every {:g}s -> UDP receiver on 127.0.0.1:{}".format(
+                "StatsD", _STATSD_INTERVAL, self.receiver.port, w=width
             )
         )
         if self.dashboard_server is not None:
@@ -921,8 +926,7 @@ class _Demo:
         if self.dashboard is not None:
             self.dashboard.close()
         if self.statsd is not None:
-            self.registry.remove_listener(self.statsd)
-            self.statsd.close()
+            self.statsd.close()  # a last report, then its thread stops
         if self.receiver is not None:
             self.receiver.drain()
             self.receiver.close()

@@ -1,30 +1,36 @@
 """StatsD reporting, checked against real UDP, TCP and Unix sockets on this host."""
 
 import collections
+import doctest
 import gc
 import json
 import logging
+import math
 import os
-import random
 import re
 import socket
 import subprocess
 import sys
 import threading
-import weakref
+import time
+import tracemalloc
 
 import pytest
 import statsd
 from _support import ok
 from freezegun import freeze_time
+from hypothesis import given
+from hypothesis import strategies as st
 
 import cbsync
 from cbsync.integrations import statsd as module
 from cbsync.integrations.statsd import (
-    StatsdListener,
+    StatsdReporter,
     sanitize_prefix,
     sanitize_segment,
+    timer_values,
 )
+from cbsync.reporting import LATENCY_BOUNDS
 
 #: ``name:value|type[|@rate]`` -- the StatsD line protocol, as far as cbsync uses it.
 LINE = re.compile(
@@ -34,7 +40,7 @@ LINE = re.compile(
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 SENTINEL = "zz-test-sentinel"
 WAIT = 5.0  # seconds a read may wait for a datagram already sent
-#: A flush interval the tests never reach: only flush() (or a full buffer) sends.
+#: An interval the tests never reach: only flush() (or close()) sends.
 NEVER = "1h"
 
 Metric = collections.namedtuple("Metric", "name value type rate")
@@ -49,6 +55,17 @@ def parse(line):
     return Metric(match["name"], float(match["value"]), match["type"], rate)
 
 
+def parse_packet(data):
+    """Every metric of one datagram."""
+    return [parse(line) for line in data.split("\n")]
+
+
+def parse_stream(data):
+    """Every metric a stream client wrote: lines, each ended by a newline."""
+    assert data.endswith(b"\n"), data[-80:]
+    return parse_packet(data[:-1].decode("ascii"))
+
+
 @pytest.fixture
 def server():
     """A StatsD server: a UDP socket bound to a free loopback port."""
@@ -60,27 +77,40 @@ def server():
 
 
 @pytest.fixture
-def client(server):
-    """A real statsd UDP client sending to ``server``."""
-    udp = statsd.StatsClient("127.0.0.1", server.getsockname()[1])
-    yield udp
-    close_udp(udp)
+def udp():
+    """Makes statsd UDP clients to loopback ports; closes them after the test's reporters."""
+    made = []
+
+    def make(port, **kwargs):
+        client = statsd.StatsClient("127.0.0.1", port, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        close_udp(client)
 
 
 @pytest.fixture
-def listeners():
-    """Makes listeners (flushed only on demand unless told otherwise); closes them after."""
+def client(server, udp):
+    """A real statsd UDP client sending to ``server``."""
+    return udp(server.getsockname()[1])
+
+
+@pytest.fixture
+def reporters(udp):
+    """Makes reporters (sending only on flush() unless told otherwise); closes them after."""
     made = []
 
-    def make(client=None, **kwargs):
-        kwargs.setdefault("flush_interval", NEVER)
-        listener = StatsdListener(client, **kwargs)
-        made.append(listener)
-        return listener
+    def make(source, client=None, **kwargs):
+        kwargs.setdefault("interval", NEVER)
+        reporter = StatsdReporter(source, client=client, **kwargs)
+        made.append(reporter)
+        return reporter
 
     yield make
-    for listener in made:
-        listener.close()
+    for reporter in made:
+        reporter.close()
 
 
 def close_udp(udp):
@@ -91,83 +121,66 @@ def close_udp(udp):
         udp._sock.close()
 
 
-def datagrams(server, client):
-    """Every datagram the server got until now, in order, as text.
+def received(server, client):
+    """Every metric the server got until now, in order.
 
     A sentinel sent last through the same client marks the end (loopback UDP
     from one socket arrives in order), so nothing waits for silence.
     """
     client.incr(SENTINEL)
-    packets = []
+    metrics = []
     while True:
         data = server.recv(65536).decode("ascii")
         if data.startswith(SENTINEL + ":"):
-            return packets
-        packets.append(data)
+            return metrics
+        metrics.extend(parse_packet(data))
 
 
-def received(server, client):
-    """Every metric the server got until now, in order."""
-    return [parse(line) for packet in datagrams(server, client) for line in packet.split("\n")]
+def drain(server):
+    """The metrics already waiting on ``server`` (never waits)."""
+    metrics = []
+    server.setblocking(False)
+    try:
+        while True:
+            metrics.extend(parse_packet(server.recv(65536).decode("ascii")))
+    except BlockingIOError:
+        return metrics
+    finally:
+        server.settimeout(WAIT)
 
 
-def closed_tcp_port():
-    """A loopback TCP port nothing listens on (bound, then released)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def receive_until(server, done):
+    """Metrics as they arrive until ``done(metrics)``; fails after WAIT seconds."""
+    metrics = []
+    deadline = time.monotonic() + WAIT
+    while not done(metrics):
+        # real time: a reporter's thread sends when its interval comes (bounded by WAIT)
+        server.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            metrics += parse_packet(server.recv(65536).decode("ascii"))
+        except socket.timeout:
+            raise AssertionError("not received in {}s: {}".format(WAIT, metrics)) from None
+    server.settimeout(WAIT)
+    return metrics
+
+
+def total(metrics, name):
+    """What the counter lines called ``name`` add up to."""
+    return sum(m.value for m in metrics if m.name == name)
+
+
+def timer_count(metrics, name):
+    """The timer's count as a StatsD server computes it: 1 / rate per line."""
+    return sum(1 / (m.rate or 1.0) for m in metrics if m.name == name)
+
+
+def closed_port(kind):
+    """A loopback port nothing listens on (bound, then released)."""
+    sock = socket.socket(socket.AF_INET, kind)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     return port
-
-
-class BrokenClient:
-    """A statsd client whose every method raises, counting the attempts."""
-
-    def __init__(self):
-        self.attempts = 0
-
-    def _fail(self, *args, **kwargs):
-        self.attempts += 1
-        raise RuntimeError("statsd client is broken")
-
-    incr = timing = gauge = _fail
-
-
-class RecordingClient:
-    """A client that is not a statsd one: records each call; raises while ``broken``."""
-
-    def __init__(self):
-        self.calls = []
-        self.broken = False
-
-    def _record(self, method, args):
-        if self.broken:
-            raise OSError("statsd is down")
-        self.calls.append((method, *args))
-
-    def incr(self, *args):
-        self._record("incr", args)
-
-    def timing(self, *args):
-        self._record("timing", args)
-
-    def gauge(self, *args):
-        self._record("gauge", args)
-
-
-class StuckClient(RecordingClient):
-    """A client whose first call blocks until ``release`` is set (a hung server)."""
-
-    def __init__(self):
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def _record(self, method, args):
-        if not self.entered.is_set():
-            self.entered.set()
-            assert self.release.wait(WAIT)
-        super()._record(method, args)
 
 
 def slow(clock, seconds, exc=None):
@@ -182,46 +195,27 @@ def slow(clock, seconds, exc=None):
     return run
 
 
-def call_from_threads(breaker, threads, calls, join_timeout):
-    """``threads`` threads, started together, each make ``calls`` successful calls."""
-    barrier = threading.Barrier(threads)
-
-    def work():
-        barrier.wait(timeout=WAIT)
-        call = breaker.call
-        for _ in range(calls):
-            call(ok)
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=join_timeout)
-        assert not worker.is_alive()
-
-
 def _raise_oserror():
     raise OSError("down")
 
 
-def test_lifecycle_sends_exactly_the_documented_lines(server, client, clock, listeners):
-    """CLOSED -> OPEN -> HALF_OPEN -> CLOSED: each step sends exactly the documented lines."""
-    listener = listeners(client)
+def test_lifecycle_sends_exactly_the_documented_lines(server, client, clock, reporters):
+    """CLOSED -> OPEN -> HALF_OPEN -> CLOSED: each interval sends exactly the documented lines."""
     breaker = cbsync.CircuitBreaker(
         "payments",
         clock=clock,
-        listeners=[listener],
         failure_threshold=2,
         success_threshold=1,
         timeout=10,
         slow_call_duration=0.5,
         ignore=(KeyError,),
     )
+    reporter = reporters(breaker, client)
     p = "cbsync.payments."
 
     def step(action, *expected):
         action()
-        listener.flush()
+        reporter.flush()
         assert collections.Counter(received(server, client)) == collections.Counter(expected)
 
     def call(func, exc=None):
@@ -234,116 +228,248 @@ def test_lifecycle_sends_exactly_the_documented_lines(server, client, clock, lis
 
         return run
 
-    step(lambda: None, Metric(p + "state", 0, "g", None))  # attached
-    step(call(ok), Metric(p + "success", 1, "c", None), Metric(p + "latency", 0, "ms", None))
+    step(lambda: None, Metric(p + "state", 0, "g", None))
+    step(
+        call(ok),
+        Metric(p + "success", 1, "c", None),
+        Metric(p + "latency", 0, "ms", None),
+        Metric(p + "state", 0, "g", None),
+    )
     step(
         call(slow(clock, 0.75)),
         Metric(p + "success", 1, "c", None),
         Metric(p + "latency", 750, "ms", None),
         Metric(p + "slow", 1, "c", None),
+        Metric(p + "state", 0, "g", None),
     )
     step(
         call(slow(clock, 0.5, OSError("down")), OSError),  # exactly at the limit: slow
         Metric(p + "failure", 1, "c", None),
         Metric(p + "latency", 500, "ms", None),
         Metric(p + "slow", 1, "c", None),
+        Metric(p + "state", 0, "g", None),
     )
     step(
         call(slow(clock, 0.25, OSError("down")), OSError),
+        Metric(p + "state", 2, "g", None),  # pushed at once, by the call that opened it
         Metric(p + "failure", 1, "c", None),
         Metric(p + "latency", 250, "ms", None),
         Metric(p + "transition.closed.open", 1, "c", None),
         Metric(p + "state", 2, "g", None),
     )
-    step(call(ok, cbsync.CircuitOpenError), Metric(p + "rejected", 1, "c", None))
+    step(
+        call(ok, cbsync.CircuitOpenError),
+        Metric(p + "rejected", 1, "c", None),
+        Metric(p + "state", 2, "g", None),
+    )
     clock.advance(10)
     step(
         call(slow(clock, 0.125)),
+        Metric(p + "state", 1, "g", None),  # pushed: half_open, then closed
+        Metric(p + "state", 0, "g", None),
         Metric(p + "transition.open.half_open", 1, "c", None),
         Metric(p + "success", 1, "c", None),
         Metric(p + "latency", 125, "ms", None),
         Metric(p + "transition.half_open.closed", 1, "c", None),
-        Metric(p + "state", 0, "g", None),  # the last of the flush: half_open, then closed
+        Metric(p + "state", 0, "g", None),
     )
     step(
         call(slow(clock, 2, KeyError("not a failure")), KeyError),
         Metric(p + "ignored", 1, "c", None),
+        Metric(p + "state", 0, "g", None),
     )
     assert breaker.state is cbsync.State.CLOSED
 
 
-def test_one_flush_sums_counters_and_keeps_every_latency(server, client, clock, listeners):
-    """N successes in one flush: one counter line with value N and N latency values."""
-    listener = listeners(client)
-    breaker = cbsync.CircuitBreaker(
-        "sums", clock=clock, listeners=[listener], failure_threshold=3, slow_call_duration=0.5
-    )
-    for index in range(100):
-        breaker.call(slow(clock, index / 100))
-    for _ in range(3):
+def test_counters_are_exact_after_calls_from_8_threads(server, client, reporters):
+    """8 threads calling while the reporter reads: the counters received add up to every call."""
+    threads, calls = 8, 2000
+    breaker = cbsync.CircuitBreaker("busy")
+    reporter = reporters(breaker, client)
+    barrier = threading.Barrier(threads)
+
+    def work():
+        barrier.wait(timeout=WAIT)
+        call = breaker.call
+        for _ in range(calls):
+            call(ok)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    metrics = []
+    while any(worker.is_alive() for worker in workers):
+        reporter.flush()  # reads in the middle of the calls
+        metrics += drain(server)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+    reporter.flush()
+    metrics += received(server, client)
+    assert total(metrics, "cbsync.busy.success") == threads * calls
+    assert breaker.snapshot().successes == threads * calls
+    assert timer_count(metrics, "cbsync.busy.latency") == pytest.approx(threads * calls)
+    assert {m.name for m in metrics} == {
+        "cbsync.busy.success",
+        "cbsync.busy.latency",
+        "cbsync.busy.state",
+    }
+
+
+def test_each_call_has_its_own_line_up_to_the_bound(server, client, clock, reporters):
+    """Fewer calls than ``timer_lines``: one line each, no rate, within 5 %, their sum exact."""
+    breaker = cbsync.CircuitBreaker("each", clock=clock)
+    reporter = reporters(breaker, client)
+    latencies = [(index + 1) / 1000 for index in range(50)]  # 1 ms to 50 ms
+    for seconds in latencies:
+        breaker.call(slow(clock, seconds))
+    reporter.flush()
+    lines = [m for m in received(server, client) if m.name == "cbsync.each.latency"]
+    assert [m.rate for m in lines] == [None] * 50
+    for value, seconds in zip(sorted(m.value for m in lines), latencies):
+        assert seconds * 1000 / 1.05 <= value <= seconds * 1000 * 1.05
+    assert math.fsum(m.value for m in lines) == pytest.approx(1275.0)  # the exact total
+
+
+def test_timer_lines_are_bounded_and_the_servers_count_stays_right(
+    server, client, clock, reporters
+):
+    """1,000 calls: 100 lines at rate 0.1; count, max, p50, p90, p99 and mean as a server sees."""
+    breaker = cbsync.CircuitBreaker("many", clock=clock)
+    reporter = reporters(breaker, client)
+    for index in range(1000):
+        breaker.call(slow(clock, (index + 1) / 1000))  # 1 ms to 1 s
+    reporter.flush()
+    metrics = received(server, client)
+    lines = [m for m in metrics if m.name == "cbsync.many.latency"]
+    assert len(lines) == 100
+    assert {m.rate for m in lines} == {0.1}
+    assert timer_count(metrics, "cbsync.many.latency") == pytest.approx(1000)
+    values = sorted(m.value for m in lines)
+
+    def upper(percent):  # how etsy/statsd computes upper_<percent>
+        return values[round(percent / 100 * len(values)) - 1]
+
+    for percent, expected in [(50, 500), (90, 900), (99, 990), (100, 1000)]:
+        assert expected / 1.05 <= upper(percent) <= expected * 1.05, percent
+    assert sum(values) / len(values) == pytest.approx(500.5, rel=0.05)
+    assert total(metrics, "cbsync.many.success") == 1000
+
+
+def test_sample_rate_is_the_share_of_calls_with_a_line(server, client, clock, reporters):
+    """``sample_rate=0.1``: 50 calls make 5 lines at ``|@0.1``; counters stay exact."""
+    breaker = cbsync.CircuitBreaker("sampled", clock=clock, failure_threshold=None)
+    reporter = reporters(breaker, client, sample_rate=0.1)
+    for index in range(40):
+        breaker.call(slow(clock, index / 1000))
+    for _ in range(10):
         with pytest.raises(OSError):
             breaker.call(_raise_oserror)
-    listener.flush()
+    reporter.flush()
     metrics = received(server, client)
-    counters = {m.name: m.value for m in metrics if m.type == "c"}
-    assert counters == {
-        "cbsync.sums.success": 100,
-        "cbsync.sums.failure": 3,
-        "cbsync.sums.slow": 50,  # 0.50 to 0.99 s
-        "cbsync.sums.transition.closed.open": 1,
-    }
-    assert len([m for m in metrics if m.type == "c"]) == 4  # one line per counter
-    latencies = [m.value for m in metrics if m.name == "cbsync.sums.latency"]
-    assert sorted(latencies) == sorted([index * 10.0 for index in range(100)] + [0.0] * 3)
-    assert [(m.name, m.value) for m in metrics if m.type == "g"] == [("cbsync.sums.state", 2)]
+    lines = [m for m in metrics if m.name == "cbsync.sampled.latency"]
+    assert [m.rate for m in lines] == [0.1] * 5
+    assert timer_count(metrics, "cbsync.sampled.latency") == pytest.approx(50)
+    assert total(metrics, "cbsync.sampled.success") == 40
+    assert total(metrics, "cbsync.sampled.failure") == 10
+    assert {m.rate for m in metrics if m.type != "ms"} == {None}  # never sampled
 
 
-def test_lines_are_packed_into_as_few_datagrams_as_fit(server, client, clock, listeners):
-    """Lines go out packed greedily, each datagram shorter than the client's maxudpsize."""
-    listener = listeners(client)
-    breaker = cbsync.CircuitBreaker("packed", clock=clock, listeners=[listener])
-    for index in range(200):
-        breaker.call(slow(clock, index / 1000))
-    listener.flush()
-    packets = datagrams(server, client)
-    assert len(packets) > 1
-    limit = client._maxudpsize
+def test_a_rate_that_floats_round_up_still_gives_its_share(server, client, reporters):
+    """100 calls at ``sample_rate=0.07`` make 7 lines (100 * 0.07 is 7.000000000000001)."""
+    breaker = cbsync.CircuitBreaker("share")
+    reporter = reporters(breaker, client, sample_rate=0.07)
+    for _ in range(100):
+        breaker.call(ok)
+    reporter.flush()
+    lines = [m for m in received(server, client) if m.type == "ms"]
+    assert [m.rate for m in lines] == [0.07] * 7
+
+
+def test_a_tiny_rate_is_written_in_plain_digits(server, client, reporters):
+    """200,000 calls on one line: the rate is ``0.000005``, never ``5e-06``."""
+    breaker = cbsync.CircuitBreaker("tiny")
+    reporter = reporters(breaker, client, timer_lines=1)
+    call = breaker.call
+    for _ in range(200_000):
+        call(ok)
+    reporter.flush()
+    [line] = [m for m in received(server, client) if m.type == "ms"]
+    assert line.rate == 0.000005
+    assert 1 / line.rate == pytest.approx(200_000)
+
+
+@given(
+    st.dictionaries(
+        st.integers(0, len(LATENCY_BOUNDS) - 1), st.integers(1, 10_000), min_size=1, max_size=20
+    ),
+    st.floats(0, 1),
+    st.integers(1, 200),
+)
+def test_timer_values_stay_in_their_buckets(counts, where, lines):
+    """Any histogram: ``lines`` sorted values, each in a bucket with calls, the top one last."""
+    buckets = sorted((LATENCY_BOUNDS[index], count) for index, count in counts.items())
+    calls = sum(count for _, count in buckets)
+    lines = min(lines, calls)
+    top = [min(bound, LATENCY_BOUNDS[-2] * 1.05) for bound, _ in buckets]
+    lows = [0.0 if bound == LATENCY_BOUNDS[0] else bound / 1.05 for bound in top]
+    low_sum = math.fsum(low * count for low, (_, count) in zip(lows, buckets))
+    high_sum = math.fsum(high * count for high, (_, count) in zip(top, buckets))
+    values = timer_values(buckets, low_sum + where * (high_sum - low_sum), lines)
+    assert len(values) == lines
+    assert values == sorted(values)
+    for value in values:
+        assert any(low * (1 - 1e-9) <= value <= high * (1 + 1e-9) for low, high in zip(lows, top))
+    assert lows[-1] * (1 - 1e-9) <= values[-1] <= top[-1] * (1 + 1e-9)
+
+
+def test_lines_are_packed_into_as_few_datagrams_as_fit(server, client, clock, reporters):
+    """Lines go out packed greedily by the client's pipeline, each datagram under maxudpsize."""
+    breakers = [cbsync.CircuitBreaker("packed-{}".format(i), clock=clock) for i in range(3)]
+    reporter = reporters(breakers, client)
+    for breaker in breakers:
+        for index in range(100):
+            breaker.call(slow(clock, index / 1000))
+    reporter.flush()
+    client.incr(SENTINEL)
+    packets = []
+    while True:
+        data = server.recv(65536).decode("ascii")
+        if data.startswith(SENTINEL + ":"):
+            break
+        packets.append(data)
+    limit = 512  # statsd.StatsClient's default maxudpsize
     for packet, following in zip(packets, packets[1:]):
         assert len(packet) < limit
         # The next datagram's first line would not have fitted.
         assert len(packet) + 1 + len(following.split("\n")[0]) >= limit
-    assert len(packets[-1]) < limit
     lines = [line for packet in packets for line in packet.split("\n")]
-    assert len(lines) == 202  # state, success counter, 200 latencies
+    assert len(lines) == 3 * 102  # per breaker: success, 100 latencies, state
+    assert all(parse(line) for line in lines)
 
 
-def test_no_slow_counter_without_slow_call_duration(server, client, clock, listeners):
+def test_no_slow_counter_without_slow_call_duration(server, client, clock, reporters):
     """Without ``slow_call_duration`` no call is counted as slow, however long."""
-    listener = listeners(client)
-    breaker = cbsync.CircuitBreaker("db", clock=clock, listeners=[listener])
+    breaker = cbsync.CircuitBreaker("db", clock=clock)
+    reporter = reporters(breaker, client)
     breaker.call(slow(clock, 3600))
-    listener.flush()
+    reporter.flush()
     names = [metric.name for metric in received(server, client)]
     assert sorted(names) == ["cbsync.db.latency", "cbsync.db.state", "cbsync.db.success"]
 
 
-def test_state_gauge_value_of_every_state(server, client, clock, listeners):
+def test_state_gauge_value_of_every_state(server, client, clock, reporters):
     """The state gauge is 0 closed, 1 half_open, 2 open, 3 forced_open, 4 disabled."""
-    listener = listeners(client)
     breaker = cbsync.CircuitBreaker(
-        "gauge",
-        clock=clock,
-        listeners=[listener],
-        failure_threshold=1,
-        success_threshold=2,
-        timeout=10,
+        "gauge", clock=clock, failure_threshold=1, success_threshold=2, timeout=10
     )
+    reporter = reporters(breaker, client)
     gauges = []
 
     def gauge_after(action):
         action()
-        listener.flush()
-        gauges.extend(m.value for m in received(server, client) if m.type == "g")
+        reporter.flush()
+        gauges.append([m.value for m in received(server, client) if m.type == "g"][-1])
 
     def fail():
         with pytest.raises(OSError):
@@ -359,7 +485,18 @@ def test_state_gauge_value_of_every_state(server, client, clock, listeners):
     assert gauges == [0, 2, 1, 0, 3, 4]
 
 
+def test_a_state_change_is_pushed_at_once_over_udp(server, client, reporters):
+    """Over UDP a state change sends the gauge at once, from the thread that made it."""
+    breaker = cbsync.CircuitBreaker("pushed")
+    reporters(breaker, client)
+    breaker.trip()
+    assert received(server, client) == [Metric("cbsync.pushed.state", 3, "g", None)]
+    breaker.reset()
+    assert received(server, client) == [Metric("cbsync.pushed.state", 0, "g", None)]
+
+
 HOSTILE_NAMES = [
+    ("a.b:c|d@#\n", "a_b_c_d___"),
     ("api.example.com:443", "api_example_com_443"),
     ("https://api.example.com:443", "https___api_example_com_443"),
     ("héllo wörld", "h_llo_w_rld"),
@@ -367,34 +504,26 @@ HOSTILE_NAMES = [
     ("emoji \U0001f4a5", "emoji__"),
     ("lone \udcff surrogate", "lone___surrogate"),
     ("a b\tc", "a_b_c"),
-    ("key:value", "key_value"),
     ("pipe|c", "pipe_c"),
     ("at@0.5", "at_0_5"),
-    ("hash#tag", "hash_tag"),
     ("line\nbreak:1|c", "line_break_1_c"),
     ("crlf\r\n", "crlf__"),
     ("nul\x00byte", "nul_byte"),
     ("%s%d%%", "_s_d__"),
     ("...", "___"),
-    (".leading.and.trailing.", "_leading_and_trailing_"),
     ("ok-name_1", "ok-name_1"),
 ]
 
 
 @pytest.mark.parametrize(("name", "segment"), HOSTILE_NAMES)
 def test_hostile_breaker_names_give_only_valid_lines(
-    server, client, clock, listeners, name, segment
+    server, client, clock, reporters, name, segment
 ):
     """A hostile breaker name becomes one safe segment in every valid line."""
-    listener = listeners(client)
     breaker = cbsync.CircuitBreaker(
-        name,
-        clock=clock,
-        listeners=[listener],
-        failure_threshold=1,
-        ignore=(KeyError,),
-        slow_call_duration=0.1,
+        name, clock=clock, failure_threshold=1, ignore=(KeyError,), slow_call_duration=0.1
     )
+    reporter = reporters(breaker, client)
     breaker.call(slow(clock, 0.2))
     with pytest.raises(KeyError):
         breaker.call(slow(clock, 0, KeyError("ignored")))
@@ -402,33 +531,24 @@ def test_hostile_breaker_names_give_only_valid_lines(
         breaker.call(_raise_oserror)
     with pytest.raises(cbsync.CircuitOpenError):
         breaker.call(ok)
-    listener.flush()
+    reporter.flush()
     rests = []
-    for metric in received(server, client):
+    for metric in received(server, client):  # parse() checks every line
         prefix, breaker_segment, rest = metric.name.split(".", 2)
         assert (prefix, breaker_segment) == ("cbsync", segment)
-        rests.append((rest, metric.value))
+        rests.append(rest)
     assert collections.Counter(rests) == collections.Counter(
-        [
-            ("success", 1),
-            ("failure", 1),
-            ("ignored", 1),
-            ("rejected", 1),
-            ("slow", 1),
-            ("transition.closed.open", 1),
-            ("latency", 200),
-            ("latency", 0),
-            ("state", 2),
-        ]
+        ["success", "failure", "ignored", "rejected", "slow", "transition.closed.open"]
+        + ["latency"] * 2
+        + ["state"] * 2  # pushed, and sent with the interval
     )
 
 
-def test_empty_name_becomes_underscore():
+def test_empty_name_becomes_underscore(reporters):
     """An empty breaker name maps to ``_`` (a breaker refuses one, the mapping does not)."""
     assert sanitize_segment("") == "_"
-    listener = StatsdListener(host="127.0.0.1")
-    assert listener.metric_base("") == "cbsync._"
-    listener.close()
+    reporter = reporters([], host="127.0.0.1")
+    assert reporter.metric_base("") == "cbsync._"
 
 
 @pytest.mark.parametrize(
@@ -443,23 +563,23 @@ def test_empty_name_becomes_underscore():
         ("...", ""),
     ],
 )
-def test_prefix_keeps_dots_and_loses_everything_unsafe(server, client, listeners, prefix, clean):
+def test_prefix_keeps_dots_and_loses_everything_unsafe(server, client, reporters, prefix, clean):
     """The prefix keeps its dots but no empty segment and nothing unsafe."""
-    listener = listeners(client, prefix=prefix)
+    reporter = reporters(cbsync.CircuitBreaker("svc"), client, prefix=prefix)
     assert sanitize_prefix(prefix) == clean
-    assert listener.prefix == clean
-    cbsync.CircuitBreaker("svc", listeners=[listener])
-    listener.flush()
+    assert reporter.prefix == clean
+    reporter.flush()
     [metric] = received(server, client)
     assert metric.name == (clean + ".svc.state" if clean else "svc.state")
 
 
-def test_prefix_of_the_statsd_client_goes_in_front(server, listeners):
+def test_prefix_of_the_statsd_client_goes_in_front(server, reporters):
     """A prefix set on the statsd client itself comes first, unchanged."""
     prefixed = statsd.StatsClient("127.0.0.1", server.getsockname()[1], prefix="host-1.web")
-    listener = listeners(prefixed)
-    cbsync.CircuitBreaker("svc", listeners=[listener]).call(ok)
-    listener.flush()
+    breaker = cbsync.CircuitBreaker("svc")
+    reporter = reporters(breaker, prefixed)
+    breaker.call(ok)
+    reporter.flush()
     plain = statsd.StatsClient("127.0.0.1", server.getsockname()[1])
     names = sorted(metric.name for metric in received(server, plain))
     close_udp(plain)
@@ -471,548 +591,185 @@ def test_prefix_of_the_statsd_client_goes_in_front(server, listeners):
     ]
 
 
-def test_default_client_from_host_and_port_and_close_flushes(server):
-    """Without a client, one is made for ``host`` and ``port``; close() sends what is buffered."""
+def reporter_threads():
+    """The reporter threads alive now."""
+    return {t for t in threading.enumerate() if t.name == "cbsync-reporter" and t.is_alive()}
+
+
+def test_default_client_from_host_and_port_and_close_sends_and_stops(server):
+    """Without a client one is made for ``host`` and ``port``; close() sends, stops, detaches."""
     port = server.getsockname()[1]
-    listener = StatsdListener(host="127.0.0.1", port=port, prefix="app", flush_interval=NEVER)
-    breaker = cbsync.CircuitBreaker("svc", listeners=[listener])
+    before = reporter_threads()
+    breaker = cbsync.CircuitBreaker("svc")
+    reporter = StatsdReporter(breaker, host="127.0.0.1", port=port, prefix="app", interval=NEVER)
+    [thread] = reporter_threads() - before
+    assert thread.daemon
     breaker.call(ok)
-    thread = listener._thread
-    listener.close()  # flushes, stops the thread, closes its socket
-    assert listener._thread is None
+    reporter.close()  # sends, stops the thread, closes its socket
     assert not thread.is_alive()
-    breaker.call(ok)  # closed: buffers nothing, sends nothing, logs nothing
-    assert len(listener._buffer) == 0
-    listener.close()  # twice: nothing happens
+    breaker.trip()  # no listener left: nothing pushed
+    reporter.close()  # twice: nothing happens
+    reporter.flush()  # after close: reads and sends nothing, raises nothing
     sentinel = statsd.StatsClient("127.0.0.1", port)
     names = sorted(metric.name for metric in received(server, sentinel))
     close_udp(sentinel)
     assert names == ["app.svc.latency", "app.svc.state", "app.svc.success"]
 
 
-def test_sample_rate_samples_latencies_and_counters_stay_exact(
-    server, client, clock, listeners, monkeypatch
-):
-    """``sample_rate`` samples the latency values (``|@rate``); counters are exact sums."""
-    draws = iter([0.25, 0.75])  # keep the first latency, drop the second
-    monkeypatch.setattr(random, "random", lambda: next(draws))
-    listener = listeners(client, sample_rate=0.5)
-    breaker = cbsync.CircuitBreaker(
-        "sampled", clock=clock, listeners=[listener], failure_threshold=1
-    )
-    breaker.call(slow(clock, 0.1))
-    with pytest.raises(OSError):
-        breaker.call(slow(clock, 0.2, OSError("down")))  # then opens
-    for _ in range(2):
-        with pytest.raises(cbsync.CircuitOpenError):
-            breaker.call(ok)
-    listener.flush()
-    p = "cbsync.sampled."
-    assert collections.Counter(received(server, client)) == collections.Counter(
-        [
-            Metric(p + "success", 1, "c", None),
-            Metric(p + "failure", 1, "c", None),
-            Metric(p + "rejected", 2, "c", None),
-            Metric(p + "latency", 100, "ms", 0.5),
-            Metric(p + "transition.closed.open", 1, "c", None),
-            Metric(p + "state", 2, "g", None),
-        ]
-    )
-    with pytest.raises(StopIteration):
-        next(draws)  # exactly two draws: one per latency value
-
-
-def test_states_survive_a_sample_rate_that_drops_everything(
-    server, client, listeners, monkeypatch
-):
-    """With every sample dropped, the state gauge and transitions still arrive."""
-    monkeypatch.setattr(random, "random", lambda: 0.999)
-    listener = listeners(client, sample_rate=0.01)
-    breaker = cbsync.CircuitBreaker("tiny", listeners=[listener], failure_threshold=1)
-    breaker.call(ok)
-    with pytest.raises(OSError):
-        breaker.call(_raise_oserror)
-    breaker.reset()
-    listener.flush()
-    metrics = received(server, client)
-    assert [(m.name, m.value) for m in metrics if m.type == "ms"] == []
-    assert [(m.name, m.value) for m in metrics if "success" not in m.name] == [
-        ("cbsync.tiny.failure", 1),
-        ("cbsync.tiny.transition.closed.open", 1),
-        ("cbsync.tiny.transition.open.closed", 1),
-        ("cbsync.tiny.state", 0),
-    ]
-
-
-def test_other_clients_get_sums_and_sample_latencies_themselves(clock, listeners):
-    """A client that is not a statsd one gets incr(sum), timing(ms, rate) and gauge calls."""
-    recording = RecordingClient()
-    listener = listeners(recording, sample_rate=0.5)
-    breaker = cbsync.CircuitBreaker("duck", clock=clock, listeners=[listener])
-    breaker.call(slow(clock, 0.25))
-    breaker.call(slow(clock, 0.5))
-    listener.flush()
-    assert recording.calls == [
-        ("incr", "cbsync.duck.success", 2),
-        ("timing", "cbsync.duck.latency", 250.0, 0.5),
-        ("timing", "cbsync.duck.latency", 500.0, 0.5),
-        ("gauge", "cbsync.duck.state", 0),
-    ]
-
-
-def test_registry_reports_present_and_future_breakers(server, client, listeners):
-    """``registry.add_listener(StatsdListener())`` covers existing and new breakers."""
+def test_registry_reports_present_and_future_breakers(server, client, reporters):
+    """A registry's breakers are read at each interval: those made before and after."""
     registry = cbsync.Registry()
     before = registry.get("before")
-    listener = listeners(client)
-    registry.add_listener(listener)
-    after = registry.get("after")
+    reporter = reporters(registry, client)
+    after = registry.get("after", failure_threshold=1)
     before.call(ok)
-    after.call(ok)
-    listener.flush()
+    with pytest.raises(OSError):
+        after.call(_raise_oserror)
+    pushed = received(server, client)
+    assert pushed == [Metric("cbsync.after.state", 2, "g", None)]  # future breakers too
+    reporter.flush()
     names = collections.Counter(metric.name for metric in received(server, client))
     assert names == collections.Counter(
-        "cbsync.{}.{}".format(breaker, metric)
-        for breaker in ("before", "after")
-        for metric in ("state", "success", "latency")
+        [
+            "cbsync.before.success",
+            "cbsync.before.latency",
+            "cbsync.before.state",
+            "cbsync.after.failure",
+            "cbsync.after.latency",
+            "cbsync.after.transition.closed.open",
+            "cbsync.after.state",
+        ]
     )
 
 
-def test_background_thread_sends_by_itself_and_is_a_daemon(server, client, listeners):
-    """A daemon thread, started on the first event, sends within a flush interval."""
-    listener = listeners(client, flush_interval="50ms")
-    assert listener._thread is None  # nothing runs before the first event
-    breaker = cbsync.CircuitBreaker("background", listeners=[listener])
-    thread = listener._thread
-    assert thread is not None
-    assert thread.daemon
-    assert thread.is_alive()
+def test_default_source_is_the_current_default_registry(server, client, breaker_registry):
+    """Without a source the reporter reads ``cbsync.registry``: here the fixture's registry."""
+    reporter = StatsdReporter(client=client, interval=NEVER)
+    try:
+        cbsync.registry.get("fixture").call(ok)
+        reporter.flush()
+        names = sorted(metric.name for metric in received(server, client))
+    finally:
+        reporter.close()
+    assert names == ["cbsync.fixture.latency", "cbsync.fixture.state", "cbsync.fixture.success"]
+    assert breaker_registry["fixture"].listeners == ()  # close() removed the state push
+
+
+def test_background_thread_sends_by_itself(server, client, reporters):
+    """The thread reads and sends every interval without being asked."""
+    breaker = cbsync.CircuitBreaker("background")
+    reporters(breaker, client, interval="50ms")
     breaker.call(ok)
-    names = set()
-    while "cbsync.background.success" not in names:
-        # real time: recv waits (at most WAIT s) for the thread's next flush
-        packet = server.recv(65536).decode("ascii")
-        names.update(parse(line).name for line in packet.split("\n"))
-    assert names == {
+    metrics = receive_until(server, lambda got: total(got, "cbsync.background.success"))
+    assert {m.name for m in metrics} <= {
         "cbsync.background.state",
         "cbsync.background.success",
         "cbsync.background.latency",
     }
-    listener.close()
-    assert not thread.is_alive()
 
 
-def test_a_burst_wakes_the_thread_before_the_interval(server, client, listeners):
-    """A tenth of ``max_buffer`` buffered wakes the sender at once, whatever the interval."""
-    listener = listeners(client, max_buffer=100)  # flush interval: an hour
-    breaker = cbsync.CircuitBreaker("burst", listeners=[listener])
-    for _ in range(10):
-        breaker.call(ok)  # the attach gauge and 10 successes: past 10 events
-    successes = 0
-    while successes < 10:
-        # real time: recv waits (at most WAIT s) for the woken thread to send
-        packet = server.recv(65536).decode("ascii")
-        for line in packet.split("\n"):
-            metric = parse(line)
-            if metric.name == "cbsync.burst.success":
-                successes += metric.value
-    assert successes == 10
-
-
-def test_stuck_sender_leaves_counters_exact_and_bounds_latency_values(clock, listeners, caplog):
-    """A hung sender: every call is still counted; extra latency values are dropped and logged."""
-    caplog.set_level(logging.WARNING, logger="cbsync")
-    stuck = StuckClient()
-    listener = listeners(stuck, max_buffer=100)  # wakes the thread at 10 events
-    breaker = cbsync.CircuitBreaker("full", clock=clock, listeners=[listener])
-    for _ in range(10):
-        breaker.call(ok)
-    assert stuck.entered.wait(WAIT)  # the thread took the first events and hangs
-    for _ in range(400):
-        assert breaker.call(ok) == "ok"
-    assert len(listener._buffer) <= 100
-    dropped = listener.dropped_events
-    # At most 100 events wait in the buffer and 100 latency values beside it.
-    assert 400 - 200 <= dropped < 400
-    assert caplog.records == []  # logged by the sender, never by a call
-    stuck.release.set()
-    assert listener.flush(timeout=WAIT)
-    assert listener.dropped_events == dropped
-    [record] = caplog.records
-    assert record.levelno == logging.WARNING
-    message = record.getMessage()
-    assert "StatsD reporting fell behind" in message
-    assert "0 failure(s) and {} dropped event(s)".format(dropped) in message
-    assert "0 of them pushed out of the full buffer of 100, {} of them only".format(dropped) in (
-        message
-    )
-    successes = sum(call[2] for call in stuck.calls if call[:2] == ("incr", "cbsync.full.success"))
-    assert successes == 410
-    timings = [call for call in stuck.calls if call[:2] == ("timing", "cbsync.full.latency")]
-    assert len(timings) == 410 - dropped
-
-
-def test_full_buffer_drops_oldest_counts_and_logs(server, client, listeners, monkeypatch, caplog):
-    """With no sender thread the buffer stays bounded: the oldest events go, counted and logged."""
-    caplog.set_level(logging.WARNING, logger="cbsync")
-
-    def refuse(self):
-        raise RuntimeError("can't start new thread")
-
-    monkeypatch.setattr(threading.Thread, "start", refuse)
-    with freeze_time("2024-01-01 00:00:00") as frozen:
-        listener = listeners(client, max_buffer=100)
-        breaker = cbsync.CircuitBreaker("full", listeners=[listener])
-        for _ in range(150):
-            assert breaker.call(ok) == "ok"
-        assert len(listener._buffer) == 100
-        assert listener.dropped_events == 51  # the attach gauge and 50 successes
-        monkeypatch.undo()
-        frozen.tick(61)  # past the minute in which the thread's failure was logged
-        assert listener.flush()
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2
-    assert "can't start new thread" in str(caplog.records[0].exc_info[1])
-    assert re.search(
-        r"fell behind \([0-9]+ failure\(s\) and 51 dropped event\(s\) since the last message, "
-        r"51 of them pushed out of the full buffer of 100, 0 of them only",
-        messages[1],
-    )
-    metrics = received(server, client)
-    assert sum(m.value for m in metrics if m.name == "cbsync.full.success") == 100
-    assert len([m for m in metrics if m.name == "cbsync.full.latency"]) == 100
-    # What was lost held the attach gauge: the current state is sent again.
-    assert [(m.name, m.value) for m in metrics if m.type == "g"] == [("cbsync.full.state", 0)]
-
-
-def test_concurrent_calls_are_all_counted(server, client, listeners):
-    """Calls from several threads while the thread flushes: every one is counted once."""
-    threads, calls = 4, 250
-    listener = listeners(client, flush_interval="10ms")
-    breaker = cbsync.CircuitBreaker("busy", listeners=[listener])
-    call_from_threads(breaker, threads, calls, join_timeout=30)
-    listener.flush()
-    metrics = received(server, client)
-    assert sum(m.value for m in metrics if m.name == "cbsync.busy.success") == threads * calls
-    assert len([m for m in metrics if m.name == "cbsync.busy.latency"]) == threads * calls
-    assert listener.dropped_events == 0
-
-
-def test_cpu_bound_threads_lose_no_count(server, client, listeners):
-    """Four threads making 200,000 pure-CPU calls: the counters received add up to every call."""
-    threads, calls = 4, 50_000
-    # A small buffer, so the sender (which gets the GIL only now and then) lags
-    # early; few latency values, so every datagram fits in the socket's buffer.
-    listener = listeners(client, max_buffer=1000, sample_rate=0.0001)
-    breaker = cbsync.CircuitBreaker("cpu", listeners=[listener])
-    call_from_threads(breaker, threads, calls, join_timeout=60)
-    assert listener.flush(timeout=WAIT)
-    metrics = received(server, client)
-    assert sum(m.value for m in metrics if m.name == "cbsync.cpu.success") == threads * calls
-    assert {m.name for m in metrics} <= {
-        "cbsync.cpu.state",
-        "cbsync.cpu.success",
-        "cbsync.cpu.latency",
-    }
-    assert listener.dropped_events == 0
-
-
-class TimedUdp(statsd.StatsClient):
-    """A real UDP client whose every send lasts ``delay`` seconds on its own clock."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.now = 0.0
-        self.delay = 0.0
-        self.packets = 0
-
-    def clock(self):
-        """The time on this client's clock."""
-        return self.now
-
-    def _send(self, data):
-        self.packets += 1
-        self.now += self.delay
-        super()._send(data)
-
-
-@pytest.fixture
-def timed(server, monkeypatch):
-    """A TimedUdp client sending to ``server``, whose clock times the listener's packets."""
-    udp = TimedUdp("127.0.0.1", server.getsockname()[1])
-    monkeypatch.setattr(module, "_perf", udp.clock)
-    yield udp
-    close_udp(udp)
-
-
-def call_until(breaker, done, limit=5000):
-    """Make successful calls until ``done()`` (at most ``limit``); return how many."""
-    for made in range(1, limit + 1):
-        breaker.call(ok)
-        if done():
-            return made
-    raise AssertionError("not done after {} calls".format(limit))
-
-
-def drain(server, into):
-    """Add the metrics already waiting on ``server`` to the list ``into`` (never waits)."""
-    server.setblocking(False)
-    try:
-        while True:
-            into.extend(parse(line) for line in server.recv(65536).decode("ascii").split("\n"))
-    except BlockingIOError:
-        return into
-    finally:
-        server.settimeout(WAIT)
-
-
-def test_calls_send_latency_values_themselves_while_the_sender_lags(server, timed, listeners):
-    """Past the high-water mark calls send the latency values over UDP, the sender the counts."""
-    listener = listeners(timed, max_buffer=200)  # the high-water mark is at 100 events
-    breaker = cbsync.CircuitBreaker("direct", listeners=[listener])
-    by_calls = []
-    with listener._send_lock:  # the sender thread cannot send anything
-        for _ in range(3):
-            for _ in range(500):
-                breaker.call(ok)
-            drain(server, by_calls)
-        by_calls += received(server, timed)
-    assert timed.packets > 1500 // 20  # latency lines are 33 characters, packets 512
-    assert {m.name for m in by_calls} == {"cbsync.direct.latency"}
-    # Still waiting: the buffer (the 100 events below the mark and a few), and what one
-    # call past the mark folded and packed for the next calls to send.
-    assert 1500 - len(by_calls) < 2 * 200
-    assert listener.flush(timeout=WAIT)
-    metrics = by_calls + received(server, timed)
-    assert sum(m.value for m in metrics if m.name == "cbsync.direct.success") == 1500
-    assert len([m for m in metrics if m.name == "cbsync.direct.latency"]) == 1500
-    assert listener.dropped_events == 0
-
-
-def test_calls_stop_sending_while_it_costs_them_the_gil(server, timed, listeners):
-    """Sends that keep calls waiting for the GIL pause the calls' sending; nothing goes unseen."""
-    metrics = []
-    made = 0
-    high = 300  # buffered events past which calls fold (and send)
-
-    def calls_until(done):
-        nonlocal made
-        made += call_until(breaker, done)
-        drain(server, metrics)
-
-    def crowded_call_sends():
-        """Whether a call past the high-water mark sends a packet (if not, it folds)."""
-        calls_until(lambda: len(listener._buffer) >= high)
-        sent = timed.packets
-        calls_until(lambda: True)  # one call
-        if timed.packets > sent:
-            return True
-        assert len(listener._buffer) < high
-        return False
-
-    with freeze_time("2024-01-01 00:00:00") as frozen:
-        listener = listeners(timed, max_buffer=2 * high)
-        breaker = cbsync.CircuitBreaker("gil", listeners=[listener])
-        with listener._send_lock:  # the sender thread cannot send anything
-            calls_until(lambda: timed.packets == 10)
-            timed.delay = 0.01  # each send now keeps the call waiting 10 ms
-            calls_until(lambda: timed.packets == 12)
-            assert not crowded_call_sends()  # two such packets in a row: paused
-            frozen.tick(0.01)  # the first pause is over
-            calls_until(lambda: timed.packets == 13)  # one more such packet: paused again
-            frozen.tick(0.01)
-            assert not crowded_call_sends()  # for 20 ms this time
-            frozen.tick(0.01)
-            timed.delay = 0.0
-            assert crowded_call_sends()
-            calls_until(lambda: timed.packets >= 40)
-        assert listener.flush(timeout=WAIT)
-    metrics += received(server, timed)
-    assert sum(m.value for m in metrics if m.name == "cbsync.gil.success") == made
-    latencies = len([m for m in metrics if m.name == "cbsync.gil.latency"])
-    # The sender never sent meanwhile: what paused calls folded past the bound was dropped.
-    assert latencies == made - listener.dropped_events
-
-
-def test_an_error_sending_from_a_call_is_caught_and_reported_by_the_sender(
-    server, listeners, caplog
-):
-    """An error sending from a call neither raises nor logs there; the sender reports it once."""
-    caplog.set_level(logging.WARNING, logger="cbsync")
-    # The statsd client encodes every line as ASCII: this prefix makes each send raise.
-    udp = TimedUdp("127.0.0.1", server.getsockname()[1], prefix="h\u00e9")
-    try:
-        listener = listeners(udp, max_buffer=200)  # the high-water mark is at 100 events
-        breaker = cbsync.CircuitBreaker("err", listeners=[listener])
-        with listener._send_lock:  # the sender thread cannot report yet
-            for _ in range(400):
-                assert breaker.call(ok) == "ok"
-            assert udp.packets == 1  # after the error, no call tried again
-            assert listener.dropped_events > 0
-            assert caplog.records == []
-        assert listener.flush(timeout=WAIT)
-    finally:
-        close_udp(udp)
-    [record] = caplog.records
-    assert "StatsD reporting failed" in record.getMessage()
-    assert isinstance(record.exc_info[1], UnicodeEncodeError)
-    assert listener.dropped_events >= 401  # sending is paused: everything was dropped
-
-
-def test_tcp_client_at_closed_port_never_reaches_a_call(clock, listeners, caplog):
-    """A TCP client with nobody listening: calls succeed, one log line."""
+def test_udp_to_a_server_that_is_down_never_reaches_a_call(udp, reporters, caplog):
+    """StatsD down (nothing on the port): calls and flushes go on, nothing raised or logged."""
     caplog.set_level(logging.DEBUG, logger="cbsync")
-    tcp = statsd.TCPStatsClient("127.0.0.1", closed_tcp_port(), timeout=1.0)
-    listener = listeners(tcp)
-    breaker = cbsync.CircuitBreaker("tcp", clock=clock, listeners=[listener])
+    breaker = cbsync.CircuitBreaker("down", failure_threshold=1)
+    reporter = reporters(breaker, udp(closed_port(socket.SOCK_DGRAM)))
     for _ in range(20):
         assert breaker.call(ok) == "ok"
-    with pytest.raises(OSError, match="mine"):
-        breaker.call(slow(clock, 0, OSError("mine")))
-    listener.flush()
-    assert len(caplog.records) == 1
-    record = caplog.records[0]
-    assert record.levelno == logging.WARNING
-    assert "StatsD reporting failed" in record.getMessage()
-    assert isinstance(record.exc_info[1], ConnectionRefusedError)
-
-
-def test_broken_client_never_reaches_a_call(clock, listeners, caplog):
-    """A client raising on every method: calls succeed, nothing raised, one log line."""
-    caplog.set_level(logging.DEBUG, logger="cbsync")
-    broken = BrokenClient()
-    listener = listeners(broken)
-    breaker = cbsync.CircuitBreaker("broken", clock=clock, listeners=[listener])
-    for _ in range(10):
-        assert breaker.call(ok) == "ok"
+        reporter.flush()  # the kernel answers "port unreachable" each time
     with pytest.raises(OSError, match="down"):
-        breaker.call(_raise_oserror)
-    assert broken.attempts == 0  # calls only buffer
-    assert listener.flush()
-    assert broken.attempts == 1
-    assert len(caplog.records) == 1
-    assert "StatsD reporting failed" in caplog.records[0].getMessage()
-    assert isinstance(caplog.records[0].exc_info[1], RuntimeError)
+        breaker.call(_raise_oserror)  # opens: the pushed gauge goes nowhere either
+    reporter.flush()
+    assert [r for r in caplog.records if "report" in r.getMessage()] == []
 
 
-def test_every_event_survives_a_broken_client(clock, listeners):
-    """Each listener method, given a broken client, returns without touching it; the flush
-    that follows raises nothing."""
-    breaker = cbsync.CircuitBreaker("each", clock=clock, slow_call_duration=0.1)
-    error = cbsync.CircuitOpenError("each", cbsync.State.OPEN, cbsync.OpenReason("manual"), None)
-    events = [
-        ("on_attach", (breaker,)),
-        ("on_success", (breaker, 1.0)),
-        ("on_failure", (breaker, 1.0, OSError("down"))),
-        ("on_failure", (breaker, 1.0, None)),
-        ("on_ignored", (breaker, 1.0, KeyError("k"))),
-        ("on_rejected", (breaker, error)),
-        ("on_state_change", (breaker, cbsync.State.CLOSED, cbsync.State.OPEN, error.reason)),
-    ]
-    for method, args in events:
-        broken = BrokenClient()
-        listener = listeners(broken)
-        assert getattr(listener, method)(*args) is None
-        assert broken.attempts == 0
-        assert listener.flush()
-        assert broken.attempts == 1
+def test_a_full_socket_buffer_drops_whole_datagrams_only(server, udp, reporters, caplog):
+    """A server that stops reading: calls go on, flushes never raise, what arrives is intact."""
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # a few datagrams
+    client = udp(server.getsockname()[1])
+    breakers = [cbsync.CircuitBreaker("full-{}".format(i)) for i in range(50)]
+    reporter = reporters(breakers, client)
+    for _ in range(20):
+        for breaker in breakers:
+            for _ in range(10):
+                assert breaker.call(ok) == "ok"
+        reporter.flush()  # far more than the buffer holds
+    queued = drain(server)  # parse() fails on any cut line
+    assert 0 < len(queued) < 20 * 50 * 12
+    for breaker in breakers:
+        breaker.call(ok)
+    reporter.flush()  # room again: this interval arrives whole
+    metrics = received(server, client)
+    assert caplog.records == []
+    assert total(metrics, "cbsync.full-0.success") == 1
+    assert len([m for m in metrics if m.type == "g"]) == 50
 
 
-def test_failures_pause_sending_and_log_once_a_minute(listeners, caplog):
-    """After a failure sending pauses (1 s, doubling); the log repeats after a minute."""
-    caplog.set_level(logging.WARNING, logger="cbsync")
-    broken = BrokenClient()
+def test_a_send_that_raises_never_reaches_a_call_and_is_logged_once_a_minute(
+    server, udp, reporters, caplog
+):
+    """A client that raises (a non-ASCII client prefix): calls go on; one log line a minute."""
+    caplog.set_level(logging.DEBUG, logger="cbsync")
+    # The statsd client encodes every line as ASCII: this prefix makes each send raise.
+    client = udp(server.getsockname()[1], prefix="h\u00e9")
     with freeze_time("2024-01-01 00:00:00") as frozen:
-        listener = listeners(broken)
-        breaker = cbsync.CircuitBreaker("paused", listeners=[listener])
-
-        def call_and_flush():
-            breaker.call(ok)
-            listener.flush()
-
-        listener.flush()
-        assert broken.attempts == 1  # the gauge on attach; paused 1 s
-        call_and_flush()
-        assert broken.attempts == 1  # paused: dropped, client untouched
-        frozen.tick(1.0)
-        call_and_flush()
-        assert broken.attempts == 2  # retried, failed again: paused 2 s
-        frozen.tick(1.5)
-        call_and_flush()
-        assert broken.attempts == 2
-        frozen.tick(0.5)
-        call_and_flush()
-        assert broken.attempts == 3
-        assert len(caplog.records) == 1
+        breaker = cbsync.CircuitBreaker("raising", failure_threshold=1)
+        reporter = reporters(breaker, client)
+        assert breaker.call(ok) == "ok"
+        with pytest.raises(OSError, match="down"):
+            breaker.call(_raise_oserror)  # opens: the pushed gauge raises, silently
+        reporter.flush()
+        reporter.flush()
+        assert len(caplog.records) == 2  # the state change, then one failure
         frozen.tick(61)
-        call_and_flush()
-        assert broken.attempts == 4
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2
-    assert "1 failure(s) and 1 dropped event(s)" in messages[0]
-    assert "sending paused 1s" in messages[0]
-    # Since then: 3 failed flushes (one event each) and 2 events dropped while paused.
-    assert "3 failure(s) and 5 dropped event(s)" in messages[1]
-    assert "sending paused 8s" in messages[1]
-    assert listener.dropped_events == 6
+        reporter.flush()
+        reporter.close(flush=False)
+    failures = [r for r in caplog.records if "failed to report" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(isinstance(r.exc_info[1], UnicodeEncodeError) for r in failures)
 
 
-def test_state_is_sent_again_after_a_loss(clock, listeners, caplog):
-    """After sending failed, the next flush that gets through sends every breaker's state."""
+def test_tcp_client_reconnects_once_the_server_is_back(clock, caplog):
+    """A refused TCP connection is logged; once StatsD is back the next interval gets through."""
     caplog.set_level(logging.WARNING, logger="cbsync")
-    recording = RecordingClient()
-    with freeze_time("2024-01-01 00:00:00") as frozen:
-        listener = listeners(recording)
-        quiet = cbsync.CircuitBreaker("quiet", clock=clock, listeners=[listener])
-        busy = cbsync.CircuitBreaker(
-            "busy", clock=clock, listeners=[listener], failure_threshold=1
-        )
-        listener.flush()
-        recording.calls.clear()
-        recording.broken = True
-        with pytest.raises(OSError):
-            busy.call(_raise_oserror)  # opens; that news is lost
-        listener.flush()
-        recording.broken = False
-        frozen.tick(1.0)
-        with pytest.raises(cbsync.CircuitOpenError):
-            busy.call(ok)
-        listener.flush()
-    assert quiet.state is cbsync.State.CLOSED
-    assert recording.calls[0] == ("incr", "cbsync.busy.rejected", 1)
-    assert sorted(recording.calls[1:]) == [
-        ("gauge", "cbsync.busy.state", 2),
-        ("gauge", "cbsync.quiet.state", 0),
-    ]
-    assert ["StatsD" in record.getMessage() for record in caplog.records] == [False, True]
-
-
-def test_tcp_client_reconnects_once_the_server_is_back(listeners, caplog):
-    """After a refused connection the TCP client reconnects when StatsD is back."""
-    caplog.set_level(logging.WARNING, logger="cbsync")
-    port = closed_tcp_port()
+    port = closed_port(socket.SOCK_STREAM)
     tcp = statsd.TCPStatsClient("127.0.0.1", port, timeout=WAIT)
-    with freeze_time("2024-01-01 00:00:00") as frozen:
-        listener = listeners(tcp)
-        breaker = cbsync.CircuitBreaker("back", listeners=[listener])
-        listener.flush()
-        assert len(caplog.records) == 1
+    breaker = cbsync.CircuitBreaker("back", clock=clock)
+    reporter = StatsdReporter(breaker, client=tcp, interval=NEVER)
+    try:
+        assert breaker.call(ok) == "ok"
+        reporter.flush()
+        [record] = caplog.records
+        assert isinstance(record.exc_info[1], ConnectionRefusedError)
         listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listening.bind(("127.0.0.1", port))
         listening.listen(1)
         listening.settimeout(WAIT)
-        frozen.tick(1.0)
         breaker.call(ok)
-        listener.flush()
+        reporter.flush()
+    finally:
+        reporter.close(flush=False)
     connection, _ = listening.accept()
     connection.settimeout(WAIT)
     tcp.close()  # ends the stream, so everything sent can be read to EOF
     data = read_to_eof(connection)
     connection.close()
     listening.close()
-    names = [parse(line).name for line in data.decode("ascii").splitlines()]
-    # The lost attach gauge is sent again with the first flush that gets through.
-    assert names == ["cbsync.back.success", "cbsync.back.latency", "cbsync.back.state"]
+    # The call of the failed interval is lost with it; the next interval is whole.
+    assert [(m.name, m.value) for m in parse_stream(data)] == [
+        ("cbsync.back.success", 1),
+        ("cbsync.back.latency", 0),
+        ("cbsync.back.state", 0),
+    ]
+
+
+def read_to_eof(connection):
+    """Everything a stream connection delivers until the peer closes it."""
+    chunks = []
+    while True:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _stream_server(kind, tmp_path):
@@ -1030,18 +787,9 @@ def _stream_server(kind, tmp_path):
     return listening, client
 
 
-def read_to_eof(connection):
-    """Everything a stream connection delivers until the peer closes it."""
-    chunks = []
-    while True:
-        chunk = connection.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
-def test_stream_clients_get_intact_lines_and_one_reconnection(kind, tmp_path, listeners, caplog):
+def test_stream_clients_get_intact_lines_and_one_reconnection(kind, tmp_path, reporters, caplog):
     """TCP and Unix clients: calls from threads, one reconnection, every line intact."""
     threads, calls = 4, 100
     listening, client = _stream_server(kind, tmp_path)
@@ -1056,56 +804,59 @@ def test_stream_clients_get_intact_lines_and_one_reconnection(kind, tmp_path, li
 
     reader = threading.Thread(target=serve)
     reader.start()
-    listener = listeners(client)
-    breaker = cbsync.CircuitBreaker("shared", listeners=[listener])
-    listener.flush()
-    # Drop the connection made for the attach gauge: the next flush makes one more.
-    client.close()
-    call_from_threads(breaker, threads, calls, join_timeout=30)
-    listener.flush()
+    breaker = cbsync.CircuitBreaker("shared", failure_threshold=None)
+    reporter = reporters(breaker, client)
+    reporter.flush()
+    breaker.trip()  # not pushed: a stream send could block the call
+    breaker.reset()
+    client.close()  # the connection drops: the next interval makes one more
+    barrier = threading.Barrier(threads)
+
+    def work():
+        barrier.wait(timeout=WAIT)
+        for _ in range(calls):
+            breaker.call(ok)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    reporter.close()  # the last interval
     client.close()  # the reader sees EOF
     reader.join(timeout=30)
     assert not reader.is_alive()
     listening.settimeout(0)
     with pytest.raises(BlockingIOError):
-        listening.accept()  # one connection per flush, not one per call or thread
+        listening.accept()  # one connection per interval, not one per call or thread
     listening.close()
-    assert caplog.records == []
-    data = b"".join(received_data)
-    metrics = [parse(line) for line in data.decode("ascii").splitlines()]
-    assert [m for m in metrics if m.type == "g"] == [Metric("cbsync.shared.state", 0, "g", None)]
-    assert sum(m.value for m in metrics if m.name == "cbsync.shared.success") == threads * calls
-    assert len([m for m in metrics if m.name == "cbsync.shared.latency"]) == threads * calls
+    assert [r for r in caplog.records if "report" in r.getMessage()] == []
+    metrics = [m for data in received_data for m in parse_stream(data)]
+    gauge = Metric("cbsync.shared.state", 0, "g", None)
+    assert [m for m in metrics if m.type == "g"] == [gauge, gauge]
+    assert total(metrics, "cbsync.shared.success") == threads * calls
+    assert total(metrics, "cbsync.shared.transition.closed.forced_open") == 1
+    assert timer_count(metrics, "cbsync.shared.latency") == pytest.approx(threads * calls)
 
 
-def test_name_cache_is_bounded(client, listeners):
-    """The cache of sanitised names never grows past its bound."""
-    listener = listeners(client)
-    for index in range(module._NAMES_KEPT + 10):
-        listener.on_attach(cbsync.CircuitBreaker("svc-{}".format(index)))
-    listener.flush()
-    assert 0 < len(listener._names) <= module._NAMES_KEPT
-    assert 0 < len(listener._attached) <= module._NAMES_KEPT  # those breakers are gone
-
-
-def test_a_thread_that_cannot_start_is_logged_and_calls_go_on(
-    server, client, listeners, monkeypatch, caplog
+def test_a_thread_that_cannot_start_is_logged_and_flush_still_sends(
+    server, client, reporters, monkeypatch, caplog
 ):
-    """If the sender thread cannot start, calls still succeed; flush() still sends."""
+    """If the reporter's thread cannot start, calls still succeed and flush() still sends."""
     caplog.set_level(logging.WARNING, logger="cbsync")
 
     def refuse(self):
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(threading.Thread, "start", refuse)
-    listener = listeners(client)
-    breaker = cbsync.CircuitBreaker("threadless", listeners=[listener])
-    assert breaker.call(ok) == "ok"
-    assert listener._thread is None
+    breaker = cbsync.CircuitBreaker("threadless")
+    reporter = reporters(breaker, client)
     monkeypatch.undo()
+    assert breaker.call(ok) == "ok"
     [record] = caplog.records
-    assert "can't start new thread" in str(record.exc_info[1])
-    listener.flush()
+    assert "could not start its thread" in record.getMessage()
+    reporter.flush()
     names = sorted(metric.name for metric in received(server, client))
     assert names == [
         "cbsync.threadless.latency",
@@ -1114,117 +865,113 @@ def test_a_thread_that_cannot_start_is_logged_and_calls_go_on(
     ]
 
 
-def test_thread_ends_when_the_listener_is_dropped(client):
-    """A listener dropped without close() is collected, and its thread ends."""
-    listener = StatsdListener(client, flush_interval=NEVER)
-    breaker = cbsync.CircuitBreaker("dropped", listeners=[listener])
-    thread = listener._thread
-    assert thread.is_alive()
-    ref = weakref.ref(listener)
-    del listener, breaker
+# 1,000 breakers for 10,000 intervals would take minutes (a read of 1,000
+# breakers costs about 30 ms, 7 times that traced): instead, many breakers for
+# a few intervals and a few breakers for many intervals, each against a bound
+# 16 times tighter than 1 MiB.  A leak of one small object per breaker per
+# interval, or of one per interval, grows either by more than that.
+@pytest.mark.parametrize(("breakers", "intervals"), [(1000, 10), (10, 1000)])
+def test_memory_stays_flat_over_breakers_and_intervals(
+    breakers, intervals, server, client, reporters
+):
+    """Busy breakers, intervals driven by flush(): traced memory grows < 64 KiB."""
+    registry = cbsync.Registry()
+    calls = [
+        registry.get("b{}".format(i), failure_threshold=None, failure_rate_threshold=None).call
+        for i in range(breakers)
+    ]
+    reporter = reporters(registry, client)  # the server never reads: the kernel drops
+
+    def interval():
+        for call in calls:
+            call(ok)
+        try:
+            calls[0](_raise_oserror)
+        except OSError:
+            pass  # a failure too, in every interval
+        reporter.flush()
+
     gc.collect()
-    assert ref() is None
-    thread.join(WAIT)  # the collected listener's finalizer woke the thread
-    assert not thread.is_alive()
-
-
-def test_fork_without_hooks_is_noticed_and_the_thread_restarted(server, client, listeners):
-    """A child forked from C (no fork hooks) restarts the sender when its buffer fills up."""
-    listener = listeners(client, max_buffer=100)  # wakes at 10 events
-    breaker = cbsync.CircuitBreaker("cfork", listeners=[listener])
-    parent_thread, parent_wakeup = listener._thread, listener._wakeup
-    # As the child of a fork that ran no Python hook would see it: another pid
-    # than the one the listener's resources were made in.
-    listener._fork.pid = -1
-    for _ in range(10):
-        breaker.call(ok)
-    thread = listener._thread
-    assert thread is not parent_thread
-    assert thread.daemon
-    assert thread.is_alive()
-    assert listener._wakeup is not parent_wakeup
-    parent_wakeup.set()  # here the "parent's" thread exists: it sees it is replaced and ends
-    parent_thread.join(WAIT)
-    assert not parent_thread.is_alive()
-    listener.flush()
-    metrics = received(server, client)
-    assert sum(m.value for m in metrics if m.name == "cbsync.cfork.success") == 10
+    tracemalloc.start()
+    try:
+        for _ in range(3):  # the last snapshots and the histograms' buckets, traced
+            interval()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(intervals):
+            interval()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, grown
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 # Python 3.12+ warns when a process with threads forks: this test does so on
-# purpose (the listener's thread runs in the parent) to check the child.
+# purpose (the reporter's thread runs in the parent) to check the child.
 @pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded, use of fork\\(\\) may lead to deadlocks"
     ":DeprecationWarning"
 )
-def test_forked_child_restarts_the_thread_and_forgets_the_parents_events(server, client):
-    """After os.fork() the child sends through its own new thread, never the parent's events."""
-    listener = StatsdListener(client, flush_interval="10ms")
-    parent = cbsync.CircuitBreaker("parent", listeners=[listener])
-    listener.flush()
-    parent_thread = listener._thread
+def test_forked_child_restarts_the_thread_and_reports_only_its_own_calls(server, client):
+    """After os.fork() the child's thread sends by itself, never what the parent counted."""
+    registry = cbsync.Registry()
+    parent = registry.get("parent")
+    reporter = StatsdReporter(registry, client=client, interval="200ms")
+    parent_threads = reporter_threads()
     report_r, report_w = os.pipe()
     done_r, done_w = os.pipe()
-    # Hold the send lock so that the parent's call is still buffered at the fork.
-    with listener._send_lock:
-        parent.call(ok)
-        pid = os.fork()
-        if pid == 0:  # the child: report through the pipe, never return to pytest
-            status = 1
-            try:
-                os.close(report_r)
-                os.close(done_w)
-                buffered = len(listener._buffer)
-                child = cbsync.CircuitBreaker("child", listeners=[listener])
-                child.call(ok)
-                thread = listener._thread
-                report = {
-                    "buffered_at_fork": buffered,
-                    "new_thread": thread is not None and thread is not parent_thread,
-                    "daemon": thread is not None and thread.daemon,
-                    "alive": thread is not None and thread.is_alive(),
-                }
-                os.write(report_w, json.dumps(report).encode())
-                os.close(report_w)
-                os.read(done_r, 1)  # wait until the parent got the child's lines
-                status = 0
-            finally:
-                os._exit(status)
+    for _ in range(5):
+        parent.call(ok)  # counted in the parent, maybe not reported yet at the fork
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return to pytest
+        status = 1
+        try:
+            os.close(report_r)
+            os.close(done_w)
+            for _ in range(3):
+                registry.get("child").call(ok)
+            threads = reporter_threads()
+            report = {
+                "new_thread": len(threads) == 1 and not threads & parent_threads,
+                "daemon": all(thread.daemon for thread in threads),
+            }
+            os.write(report_w, json.dumps(report).encode())
+            os.close(report_w)
+            os.read(done_r, 1)  # wait until the parent got the child's lines
+            status = 0
+        finally:
+            os._exit(status)
     os.close(report_w)
     os.close(done_r)
     try:
         with os.fdopen(report_r, "rb") as pipe:
             report = json.loads(pipe.read().decode())
-        assert report == {"buffered_at_fork": 0, "new_thread": True, "daemon": True, "alive": True}
-        names = collections.Counter()
-        while names["cbsync.child.success"] == 0:
-            # real time: recv waits (at most WAIT s) for the child's thread to send
-            packet = server.recv(65536).decode("ascii")
-            names.update(parse(line).name for line in packet.split("\n"))
+        assert report == {"new_thread": True, "daemon": True}
+        metrics = receive_until(server, lambda got: total(got, "cbsync.child.success") >= 3)
     finally:
         os.close(done_w)
         _, status = os.waitpid(pid, 0)
     assert status == 0
-    listener.close()
-    names.update(metric.name for metric in received(server, client))
-    assert names["cbsync.child.state"] == 1
-    assert names["cbsync.child.latency"] == 1
-    assert names["cbsync.parent.success"] == 1  # sent by the parent only
+    reporter.close()
+    metrics += received(server, client)
+    assert total(metrics, "cbsync.child.success") == 3
+    assert total(metrics, "cbsync.parent.success") == 5  # sent by the parent only
 
 
-def test_buffered_events_are_sent_at_exit(server):
-    """A process that ends normally flushes its listeners first (its thread never waits)."""
+def test_a_reporter_still_open_at_exit_sends_its_calls(server):
+    """A process that ends normally closes its open reporters: a short script reports too."""
     code = (
         "import sys, cbsync\n"
-        "from cbsync.integrations.statsd import StatsdListener\n"
-        "listener = StatsdListener(host='127.0.0.1', port=int(sys.argv[1]), flush_interval='1h')\n"
-        "cbsync.CircuitBreaker('exiting', listeners=[listener]).call(int)\n"
+        "from cbsync.integrations.statsd import StatsdReporter\n"
+        "StatsdReporter(host='127.0.0.1', port=int(sys.argv[1]), interval='1h')\n"
+        "cbsync.registry.get('exiting').call(int)\n"
     )
     port = str(server.getsockname()[1])
     subprocess.run([sys.executable, "-c", code, port], check=True, timeout=60)
     packet = server.recv(65536).decode("ascii")
-    names = sorted(parse(line).name for line in packet.split("\n"))
+    names = sorted(metric.name for metric in parse_packet(packet))
     assert names == ["cbsync.exiting.latency", "cbsync.exiting.state", "cbsync.exiting.success"]
 
 
@@ -1236,30 +983,38 @@ def test_buffered_events_are_sent_at_exit(server):
         ({"sample_rate": float("nan")}, "sample_rate=nan"),
         ({"sample_rate": True}, "sample_rate=True"),
         ({"sample_rate": "0.5"}, "sample_rate='0.5'"),
+        ({"timer_lines": 0}, "timer_lines=0"),
+        ({"timer_lines": 1.5}, "timer_lines=1.5"),
+        ({"timer_lines": True}, "timer_lines=True"),
         ({"prefix": None}, "prefix=None"),
         ({"host": ""}, "host=''"),
         ({"port": 0}, "port=0"),
         ({"port": 65536}, "port=65536"),
         ({"port": "8125"}, "port='8125'"),
         ({"host": "no-such-host.invalid"}, "host='no-such-host.invalid'"),
-        ({"client": object()}, "no incr() method"),
+        ({"client": object()}, "must be a statsd.StatsClient"),
         ({"client": "udp", "port": 9125}, "not both"),
-        ({"flush_interval": 0}, "flush_interval=0"),
-        ({"flush_interval": "soon"}, "flush_interval='soon'"),
-        ({"max_buffer": 0}, "max_buffer=0"),
-        ({"max_buffer": 1.5}, "max_buffer=1.5"),
-        ({"max_buffer": True}, "max_buffer=True"),
+        ({"interval": 0}, "interval=0"),
+        ({"interval": "soon"}, "interval='soon'"),
+        ({"source": 42}, "source=42"),
+        ({"source": ["not a breaker"]}, "'not a breaker' is not a cbsync.CircuitBreaker"),
     ],
 )
 def test_bad_arguments_raise_config_error(client, kwargs, message):
     """Bad arguments raise ConfigError naming the argument and its value."""
     if kwargs.get("client") == "udp":
         kwargs = dict(kwargs, client=client)
+    kwargs.setdefault("source", [])
     with pytest.raises(cbsync.ConfigError, match=re.escape(message)):
-        StatsdListener(**kwargs)
+        StatsdReporter(**kwargs)
 
 
 def test_import_cbsync_does_not_import_statsd():
     """``import cbsync`` leaves the statsd package unimported."""
     code = "import sys, cbsync; sys.exit('statsd' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_docstring_examples_run():
+    """The module's docstring examples pass."""
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
