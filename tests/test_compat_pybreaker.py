@@ -1374,6 +1374,23 @@ def test_redis_manual_moves_reach_the_fleet(redis_client, namespace, storages):
 
 
 @pytest.mark.redis
+def test_redis_open_period_changes_reach_the_fleet(redis_client, namespace, storages):
+    """A restarted or shortened open period is the fleet's too."""
+    here = redis_breaker(redis_client, namespace, storages, reset_timeout=600)
+    there = redis_breaker(redis_client, namespace, storages, reset_timeout=600)
+    sync(here, there)
+    here.open()
+    here.open()  # restarts the period: published again, still open everywhere
+    sync(here, there)
+    with pytest.raises(compat.CircuitBreakerError):
+        there.call(len, "x")
+    here.reset_timeout = 0  # the period ends now, here and in Redis
+    sync(here, there)
+    assert there.call(len, "x") == 1
+    assert there.current_state == "closed"
+
+
+@pytest.mark.redis
 def test_redis_client_decoding_responses_works(namespace, storages):
     """A client built with decode_responses=True works too."""
     redis = pytest.importorskip("redis")

@@ -12,9 +12,10 @@ first, swapping state objects, delivering events after the lock is released
 -- so that the breaker's invariants hold whatever thread calls them.
 
 They are the one place outside the core that touches its internals, kept
-together so that the core can take them over as methods (the proposed change
-is in the branch's report); ``tests/test_compat_pybreaker.py`` covers every
-one of them, so a change in the core that breaks them fails there.
+together so that the core can take them over as methods of its own (and the
+store interface a hook for a new configuration: see
+:func:`_reconfigure_binding`); ``tests/test_compat_pybreaker.py`` covers
+every one of them, so a change in the core that breaks them fails there.
 
 Changing the configuration keeps the breaker: the frozen
 :class:`~cbsync.CircuitBreakerConfig` is replaced by another frozen value
@@ -67,7 +68,7 @@ def _reconfigure_binding(binding: object, config: cbsync.CircuitBreakerConfig) -
     ``success_threshold`` from the configuration when it binds a breaker,
     since a configuration never changes there; the fleet-side judgment in
     Redis uses those copies.  (The store interface has no hook for a new
-    configuration yet: see the module docstring.)
+    configuration yet; this stands in for one.)
     """
     judge_args = getattr(binding, "_judge_args", None)
     if isinstance(judge_args, list) and judge_args:
