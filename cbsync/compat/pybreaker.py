@@ -25,7 +25,8 @@ functions), ``open()``/``close()``/``half_open()``, ``current_state``,
 ``success_threshold`` settable at run time, excluded exceptions and
 predicates, listeners, ``name``; ``CircuitBreakerError``,
 ``CircuitBreakerListener``, ``CircuitMemoryStorage``,
-``CircuitRedisStorage``, the state names and classes -- with pybreaker's
+``CircuitRedisStorage``, the state names and classes; all but Tornado's
+``call_async()``, which raises ``NotImplementedError`` -- with pybreaker's
 semantics: consecutive failures open the circuit, an excluded exception
 counts as a success, one trial call at a time in HALF_OPEN, a fixed
 ``reset_timeout``, and the call that trips the circuit raises
