@@ -266,8 +266,8 @@ class CircuitBreakerStorage:
     @property
     def opened_at(self) -> Optional[datetime.datetime]:
         """When the breaker last opened (UTC), or ``None`` if it never did."""
-        breaker = self._breaker()
-        return None if breaker is None else breaker._opened_at
+        owner = self._breaker()
+        return None if owner is None else owner._opened_at
 
     def _breaker(self) -> "Optional[CircuitBreaker]":
         return None if self._owner is None else self._owner()
@@ -993,15 +993,15 @@ class _GuardedGenerator(Generator[Any, Any, Any]):
     exception's outcome when it raises -- and counts nothing if it is closed
     (or dropped) before that."""
 
-    __slots__ = ("_breaker", "_generator", "_permit")
+    __slots__ = ("_generator", "_owner", "_permit")
 
     def __init__(
         self,
-        breaker: CircuitBreaker,
+        owner: CircuitBreaker,
         permit: cbsync.Permit,
         generator: Generator[Any, Any, Any],
     ) -> None:
-        self._breaker = breaker
+        self._owner = owner
         self._permit = permit
         self._generator = generator
 
@@ -1029,7 +1029,7 @@ class _GuardedGenerator(Generator[Any, Any, Any]):
             raise
         except Exception as exc:
             if not self._permit.done:
-                self._breaker._failed(self._permit, exc)
+                self._owner._failed(self._permit, exc)
             raise
         except BaseException:
             if not self._permit.done:
