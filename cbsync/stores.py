@@ -189,6 +189,15 @@ class StoreBinding:
         only called for calls of the current period.
         """
 
+    def reconfigured(self, config: CircuitBreakerConfig) -> None:
+        """The breaker's configuration changed (lock held).
+
+        A breaker's configuration is fixed for its life, except under an
+        emulated API that lets it change (``cbsync.compat.pybreaker``'s
+        ``fail_max`` setter): a binding that copied settings from the old
+        configuration takes them from ``config`` now.
+        """
+
     def trial_ended(self, success: bool) -> None:
         """A trial call admitted in the current HALF_OPEN period ended (lock held).
 

@@ -113,7 +113,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
-from cbsync import ConfigError, State, TransitionReason
+from cbsync import CircuitBreakerConfig, ConfigError, State, TransitionReason
 from cbsync.stores import BreakerHandle, LocalTransition, RemoteState, StoreBinding, TrialVerdict
 from cbsync.toolkit import ForkGuard, parse_duration
 
@@ -547,22 +547,7 @@ class _Binding(StoreBinding):
         prefix = store.prefix
         self.escaped = escaped
         self.keys = (prefix + "s:" + escaped, prefix + "w:" + escaped, prefix + "l:" + escaped)
-        config = handle.config
-        self._bucket_ms = max(1, int(config.failure_window * 1000 / TIME_BUCKETS))
-        self._cap = config.window_size if config.window_type == "count_based" else 0
-        self._max_calls = config.half_open_max_calls
-        self._key_ttl_ms = int(
-            max(KEY_TTL, 2 * config.max_timeout, 2 * config.failure_window) * 1000
-        )
-        self._judge_args: List[object] = [
-            config.failure_threshold or 0,
-            repr(config.failure_rate_threshold or 0.0),
-            config.minimum_calls,
-            repr(
-                config.slow_call_rate_threshold if config.slow_call_duration is not None else 0.0
-            ),
-        ]
-        self._success_threshold = config.success_threshold
+        self.reconfigured(handle.config)
         #: The fleet's version this breaker's state corresponds to.
         self._version: Optional[Tuple[str, int]] = None
         #: The fleet's (calls, failures, slow, consecutive) at the last sync.
@@ -591,6 +576,24 @@ class _Binding(StoreBinding):
         return self.handle.alive
 
     # -- hooks called by the breaker (lock held, no I/O) ------------------------
+
+    def reconfigured(self, config: CircuitBreakerConfig) -> None:
+        """What the scripts send of the configuration (also at bind time)."""
+        self._bucket_ms = max(1, int(config.failure_window * 1000 / TIME_BUCKETS))
+        self._cap = config.window_size if config.window_type == "count_based" else 0
+        self._max_calls = config.half_open_max_calls
+        self._key_ttl_ms = int(
+            max(KEY_TTL, 2 * config.max_timeout, 2 * config.failure_window) * 1000
+        )
+        self._judge_args: List[object] = [
+            config.failure_threshold or 0,
+            repr(config.failure_rate_threshold or 0.0),
+            config.minimum_calls,
+            repr(
+                config.slow_call_rate_threshold if config.slow_call_duration is not None else 0.0
+            ),
+        ]
+        self._success_threshold = config.success_threshold
 
     def judged_counts(
         self, calls: int, failures: int, slow: int, consecutive: int

@@ -18,7 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: The modules a breaker is made of: they may touch its private attributes.
 BREAKER_MODULES = frozenset(
-    ("cbsync._breaker", "cbsync._machine", "cbsync._states", "cbsync._permit", "cbsync._link")
+    (
+        "cbsync._breaker",
+        "cbsync._machine",
+        "cbsync._states",
+        "cbsync._permit",
+        "cbsync._link",
+        "cbsync._adjust",
+    )
 )
 #: What an integration may import of the core: its public modules.
 PUBLIC_CORE = frozenset(("cbsync", "cbsync.reporting", "cbsync.stores", "cbsync.toolkit"))
