@@ -2,6 +2,9 @@
 
 import doctest
 import gc
+import re
+import subprocess
+import sys
 import threading
 import tracemalloc
 import urllib.request
@@ -420,3 +423,67 @@ def test_scrapes_over_1000_breakers_keep_memory_flat():
     finally:
         tracemalloc.stop()
     assert grown < 1024 * 1024, grown
+
+
+def _demo(tmp_path, *prelude):
+    """Start ``cbsync demo --duration 4`` in a subprocess, after running ``prelude``."""
+    code = "; ".join(
+        [
+            "import sys",
+            *prelude,
+            "from cbsync._cli import main",
+            "sys.exit(main(['demo', '--duration', '4']))",
+        ]
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_the_demo_serves_its_breakers_at_a_prometheus_url(tmp_path):
+    """The demo prints a loopback URL; a scrape of it while the demo runs has its breakers."""
+    proc = _demo(tmp_path)
+    try:
+        head = []
+        for line in proc.stdout:
+            head.append(line)
+            match = re.search(r"(http://127\.0\.0\.1:\d+/metrics)", line)
+            if match:
+                break
+        assert match, "".join(head)
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+            match.group(1), timeout=10
+        ) as response:
+            families = {
+                f.name: f for f in text_string_to_metric_families(response.read().decode())
+            }
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=30) == 0, "".join(head) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    breakers = {s.labels["breaker"] for s in families["cbsync_state"].samples}
+    assert {"sqlite:///orders.db", "rates.fetch_rate"} < breakers
+    assert re.search(
+        r"^Prometheus: [1-9]\d* scrapes of http://127\.0\.0\.1:\d+/metrics$", rest, re.M
+    )
+
+
+def test_the_demo_runs_without_prometheus_client(tmp_path):
+    """With prometheus_client unimportable, the demo runs as before and prints no endpoint."""
+    proc = _demo(tmp_path, "sys.modules['prometheus_client'] = None")
+    try:
+        output = proc.communicate(timeout=40)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, output
+    assert "Prometheus" not in output
+    assert output.rstrip().endswith("Done.")
