@@ -4,15 +4,14 @@ import doctest
 import gc
 import logging
 import math
-import threading
 import tracemalloc
 
 import pytest
 from _optional import require
 from _support import fail, ok
+from _workload import NAMES, REJECTED, TRIPPED, fleet, hammer
 
 import cbsync
-from cbsync.testing import FakeClock
 
 require("opentelemetry.sdk.metrics", 'pip install "cbsync[opentelemetry]" opentelemetry-sdk')
 from opentelemetry.sdk.metrics import (  # noqa: E402
@@ -100,63 +99,14 @@ def test_instruments_have_units_descriptions_and_kinds(pipeline):
 def test_counts_from_8_threads_equal_the_snapshots_while_collected(pipeline):
     """8 threads call 3 breakers while a reader collects; the last collection equals snapshots."""
     reader, provider = pipeline
-    clock = FakeClock()
-    breakers = cbsync.Registry(clock=clock)
-    settings = {
-        "failure_threshold": None,
-        "failure_rate_threshold": None,
-        "slow_call_duration": 1.0,
-        "ignore": (KeyError,),
-    }
-    names = ["api.example.com:443", "orders-db", "rates"]
-    for name in names:
-        breakers.get(name, **settings)
-    closed_off = breakers.get("closed-off")
-    closed_off.trip()
+    breakers, clock = fleet()
     metrics_of = instrument(breakers, meter_provider=provider)
     metrics_of.bridge(reader)
-
-    def slow():
-        clock.advance(2.0)
-        return "slow"
-
-    work = [ok, fail(), fail(KeyError("ignored")), slow]
-    threads, calls = 8, 2000
-    barrier = threading.Barrier(threads + 1)
-    done = threading.Event()
-    collections = []
-
-    def caller(seed):
-        barrier.wait()
-        for i in range(calls):
-            try:
-                breakers[names[(i + seed) % 3]].call(work[(i // 3 + seed) % 4])
-            except (OSError, KeyError):
-                pass
-            if i % 50 == 0:
-                try:
-                    closed_off.call(ok)
-                except cbsync.CircuitOpenError:
-                    pass
-
-    def collector():
-        barrier.wait()
-        while not done.is_set():
-            collections.append(collect(reader))
-
-    workers = [threading.Thread(target=caller, args=(seed,)) for seed in range(threads)]
-    watcher = threading.Thread(target=collector)
-    for thread in [*workers, watcher]:
-        thread.start()
-    for thread in workers:
-        thread.join(60)
-    done.set()
-    watcher.join(60)
-    assert collections, "no collection ran during the calls"
+    assert hammer(breakers, clock, lambda: collect(reader)), "no collection ran during the calls"
 
     metrics = collect(reader)
     bounds = list(metrics_of.buckets.bounds)
-    for name in [*names, "closed-off"]:
+    for name in [*NAMES, TRIPPED]:
         snap = breakers[name].snapshot()
         for outcome, expected in (
             ("success", snap.successes),
@@ -177,10 +127,10 @@ def test_counts_from_8_threads_equal_the_snapshots_while_collected(pipeline):
             sum(c for b, c in snap.latency_histogram if lo < b <= hi)
             for lo, hi in zip(edges, edges[1:])
         ]
-    for name in names:
+    for name in NAMES:
         assert one(metrics, "cbsync.calls", **{BREAKER: name, "cbsync.outcome": "ignored"}) > 0
         assert one(metrics, "cbsync.slow_calls", **{BREAKER: name}) > 0
-    assert one(metrics, "cbsync.rejections", **{BREAKER: "closed-off"}) == threads * 40
+    assert one(metrics, "cbsync.rejections", **{BREAKER: TRIPPED}) == REJECTED
 
 
 def test_delta_readers_get_deltas_that_add_up_to_the_totals(pipeline):

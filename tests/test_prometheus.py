@@ -13,6 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 from _optional import require
 from _support import fail, ok
+from _workload import CALLS, NAMES, REJECTED, THREADS, TRIPPED, fleet, hammer
 
 import cbsync
 from cbsync.reporting import LATENCY_BOUNDS
@@ -144,63 +145,13 @@ def test_every_metric_family_is_exported_with_its_type(endpoint):
 def test_counts_from_8_threads_equal_the_snapshots_while_scraped(endpoint):
     """8 threads call 3 breakers while a scraper runs; the final scrape equals every snapshot."""
     registry, scrape = endpoint
-    clock = FakeClock()
-    breakers = cbsync.Registry(clock=clock)
-    settings = {
-        "failure_threshold": None,
-        "failure_rate_threshold": None,
-        "slow_call_duration": 1.0,
-        "ignore": (KeyError,),
-    }
-    names = ["api.example.com:443", "orders-db", "rates"]
-    for name in names:
-        breakers.get(name, **settings)
-    closed_off = breakers.get("closed-off")
-    closed_off.trip()
+    breakers, clock = fleet()
     register(registry, breakers)
-
-    def slow():
-        clock.advance(2.0)
-        return "slow"
-
-    work = [ok, fail(), fail(KeyError("ignored")), slow]
-    threads, calls = 8, 2000
-    barrier = threading.Barrier(threads + 1)
-    done = threading.Event()
-    scrapes = []
-
-    def caller(seed):
-        barrier.wait()
-        for i in range(calls):
-            breaker = breakers[names[(i + seed) % 3]]
-            try:
-                breaker.call(work[(i // 3 + seed) % 4])
-            except (OSError, KeyError):
-                pass
-            if i % 50 == 0:
-                try:
-                    closed_off.call(ok)
-                except cbsync.CircuitOpenError:
-                    pass
-
-    def scraper():
-        barrier.wait()
-        while not done.is_set():
-            scrapes.append(scrape())
-
-    workers = [threading.Thread(target=caller, args=(seed,)) for seed in range(threads)]
-    watcher = threading.Thread(target=scraper)
-    for thread in [*workers, watcher]:
-        thread.start()
-    for thread in workers:
-        thread.join(60)
-    done.set()
-    watcher.join(60)
-    assert scrapes, "no scrape ran during the calls"
+    assert hammer(breakers, clock, scrape), "no scrape ran during the calls"
 
     families = scrape()
     total_calls = 0
-    for name in [*names, "closed-off"]:
+    for name in [*NAMES, TRIPPED]:
         snap = breakers[name].snapshot()
         exported = {
             outcome: value(families, "cbsync_calls_total", breaker=name, outcome=outcome)
@@ -225,11 +176,11 @@ def test_counts_from_8_threads_equal_the_snapshots_while_scraped(endpoint):
             bound = float(le)
             assert n == sum(c for b, c in snap.latency_histogram if b <= bound), le
         total_calls += snap.successes + snap.failures + snap.ignored + snap.calls_rejected
-    assert total_calls == threads * calls + threads * (calls // 50)
-    for name in names:  # every kind of outcome happened, so every count above was checked
+    assert total_calls == THREADS * CALLS + REJECTED
+    for name in NAMES:  # every kind of outcome happened, so every count above was checked
         assert value(families, "cbsync_calls_total", breaker=name, outcome="ignored") > 0
         assert value(families, "cbsync_slow_calls_total", breaker=name) > 0
-    assert value(families, "cbsync_rejected_total", breaker="closed-off") == threads * 40
+    assert value(families, "cbsync_rejected_total", breaker=TRIPPED) == REJECTED
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=repr)
