@@ -86,6 +86,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 import cbsync
 from cbsync import ConfigError
 from cbsync.reporting import STATE_CODES
+from cbsync.toolkit import ForkGuard
 
 from ._cumulative import DEFAULT_BUCKETS, Buckets, CumulativeReader, Source, Totals
 
@@ -157,6 +158,8 @@ class Instrumentation:
         self._consumers: Set[object] = set()
         self._closed = False
         self._bridges: List[Tuple[weakref.ReferenceType[MetricReader], Callable[..., None]]] = []
+        self._bridged: List[_Bridge] = []
+        self._fork = ForkGuard(self._after_fork)
         provider = meter_provider or otel_metrics.get_meter_provider()
         meter = provider.get_meter(SCOPE, cbsync.__version__)
         self._instruments = [
@@ -198,6 +201,12 @@ class Instrumentation:
             ),
         ]
 
+    def _after_fork(self) -> None:
+        # A collection running in another thread of the parent never ends here.
+        self._lock = threading.Lock()
+        for bridge in self._bridged:
+            bridge.after_fork()
+
     # -- one read per collection -----------------------------------------------
 
     def _read_for(self, consumer: object) -> List[Totals]:
@@ -210,6 +219,7 @@ class Instrumentation:
         """
         if self._closed:
             return []
+        self._fork.check()
         with self._lock:
             if consumer in self._consumers or not self._consumers:
                 self._totals = self._reader.read()
@@ -304,6 +314,7 @@ class Instrumentation:
                 "temporality={!r} must be an AggregationTemporality".format(temporality)
             )
         bridge = _Bridge(self, reader, temporality)
+        self._bridged.append(bridge)
 
         def receive_with_duration(
             metrics_data: "MetricsData", timeout_millis: float = 10_000, **kwargs: Any
@@ -329,6 +340,7 @@ class Instrumentation:
             if reader is not None and reader.__dict__.get("_receive_metrics") is wrapper:
                 del reader.__dict__["_receive_metrics"]
         del self._bridges[:]
+        del self._bridged[:]
 
     def __repr__(self) -> str:
         return "<cbsync OpenTelemetry instrumentation of {!r}>".format(self._reader.reader)
@@ -363,6 +375,9 @@ class _Bridge:
         self._lock = threading.Lock()
         self._warned = False
         self._last_error = -math.inf
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def add_to(self, metrics_data: "MetricsData") -> "MetricsData":
         from opentelemetry.sdk.metrics.export import (
