@@ -303,7 +303,8 @@ def test_a_reader_of_another_provider_gets_a_warning_not_an_error(caplog):
             names = [
                 m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics
             ]
-            assert names == ["app.requests"]
+            assert "app.requests" in names  # (some SDKs add metrics of their own)
+            assert not [name for name in names if name.startswith("cbsync.")]
     assert len([r for r in caplog.records if "no cbsync instrument" in r.getMessage()]) == 1
     provider.shutdown()
     other.shutdown()
