@@ -2,6 +2,8 @@
 
 import logging
 import math
+import subprocess
+import sys
 
 import pytest
 from _support import failures, ok
@@ -200,3 +202,16 @@ def test_label_value_keeps_text_and_escapes_lone_surrogates():
     assert label_value("a.b:c|d@#\n€") == "a.b:c|d@#\n€"
     assert label_value("bad\udcffname") == "bad\\udcffname"
     label_value("bad\udcffname").encode("utf-8")
+
+
+def test_import_cbsync_and_its_command_line_import_no_exporter_library():
+    """``import cbsync`` and building the CLI parser import neither prometheus_client nor
+    opentelemetry; the shared reading code imports neither either."""
+    code = (
+        "import sys, cbsync, cbsync.integrations._cumulative; "
+        "from cbsync._cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('prometheus_client', 'opentelemetry') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
