@@ -11,7 +11,10 @@ Everything the demo needs runs in this process and is stopped at the end:
 * a StatsD receiver: a UDP socket on loopback counting the lines cbsync's
   ``StatsdReporter`` sends it;
 * the dashboard (:mod:`cbsync.integrations.dashboard`, read-only) on a free
-  loopback port, whose URL the header prints.
+  loopback port, whose URL the header prints;
+* if ``prometheus_client`` is installed, a Prometheus endpoint on a free
+  loopback port serving the breakers' metrics (its URL is printed at the
+  start: scrape it while the demo runs).
 
 Worker threads call all three while a script plays three phases: *healthy*
 (one order request in 25 fails, which the breakers tolerate), *outage* (the
@@ -48,7 +51,9 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TextIO, Tuple, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from cbsync import (
     CircuitBreaker,
@@ -383,6 +388,60 @@ class _StatsdReceiver:
         self._sock.close()
 
 
+# -- the Prometheus endpoint ---------------------------------------------------
+
+
+class _WSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietWSGIHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: a scrape is not news."""
+
+
+class _PrometheusEndpoint:
+    """The demo's breakers at ``url``, through cbsync's Prometheus collector."""
+
+    def __init__(self, registry: Registry) -> None:
+        import prometheus_client
+
+        from .prometheus import register
+
+        metrics = prometheus_client.CollectorRegistry()
+        register(metrics, registry)
+        app = prometheus_client.make_wsgi_app(metrics)
+        self.scrapes = 0
+
+        def counted(environ: Any, start_response: Any) -> Any:
+            self.scrapes += 1
+            return app(environ, start_response)
+
+        self._server = make_server(
+            "127.0.0.1", 0, counted, server_class=_WSGIServer, handler_class=_QuietWSGIHandler
+        )
+        self.url = "http://127.0.0.1:{}/metrics".format(self._server.server_port)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
+        self._thread.daemon = True
+        self._thread.start()
+
+    @classmethod
+    def start(cls, registry: Registry) -> "Optional[_PrometheusEndpoint]":
+        """An endpoint, or None when prometheus_client is not installed."""
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            return None
+        return cls(registry)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(_JOIN_TIMEOUT)
+
+
 # -- events and output ---------------------------------------------------------
 
 
@@ -708,6 +767,7 @@ class _Demo:
         self.service_thread: Optional[threading.Thread] = None
         self.receiver: Optional[_StatsdReceiver] = None
         self.statsd: Optional[StatsdReporter] = None
+        self.prometheus: Optional[_PrometheusEndpoint] = None
         self.profiles = profiles(duration)
         self.registry = Registry(self.profiles)
         self.session: Optional[requests.Session] = None
@@ -754,6 +814,7 @@ class _Demo:
             interval=_STATSD_INTERVAL,
         )
         self.registry.add_listener(_StateLog(self.start, self.lines))
+        self.prometheus = _PrometheusEndpoint.start(self.registry)
 
         # The same breakers in the browser, read-only, while the demo runs.
         self.dashboard = Dashboard(
@@ -828,6 +889,12 @@ class _Demo:
             lines.append(
                 "  {:<{w}}  {} (read-only, while the demo runs)".format(
                     "Dashboard", self.dashboard_server.url, w=width
+                )
+            )
+        if self.prometheus is not None:
+            lines.append(
+                "  {:<{w}}  {} (scrape it while the demo runs)".format(
+                    "Prometheus", self.prometheus.url, w=width
                 )
             )
         lines.append(
@@ -930,6 +997,8 @@ class _Demo:
         if self.receiver is not None:
             self.receiver.drain()
             self.receiver.close()
+        if self.prometheus is not None:
+            self.prometheus.close()
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
         self.logger.removeHandler(self.log_handler)
@@ -1016,6 +1085,12 @@ class _Demo:
                 grouped.setdefault(base, []).append("{} {}".format(move, count))
             for base in sorted(grouped):
                 out.write("  {}.transition: {}\n".format(base, ", ".join(grouped[base])))
+        if self.prometheus is not None:
+            out.write(
+                "\nPrometheus: {} scrapes of {}\n".format(
+                    self.prometheus.scrapes, self.prometheus.url
+                )
+            )
         out.flush()
 
 

@@ -37,7 +37,7 @@ Nothing here raises into a call.  A failed send is logged on logger
 ``cbsync`` at most once a minute and tried again the next interval; a TCP or
 Unix-socket client is closed after a failure, so that it reconnects.  After
 ``os.fork()`` the child's thread starts again and reports the child's calls.
-The full guide: ``docs/integrations/statsd.md``.
+The full guide: docs/metrics.md, section StatsD.
 """
 
 import atexit
