@@ -314,11 +314,14 @@ class CircuitBreaker(Machine):
             calls, failures, slow = self._window.counts(now)
             self._refresh_fast()
             judged = self._successes + self._failures
+            allowed = self._admitted.value()
+            rejected = self._rejected.value()
+            lifetime = self._lifetime(allowed, rejected)
             return MetricsSnapshot(
                 name=self._name,
                 state=self._current.state,
-                calls_allowed=self._admitted.value(),
-                calls_rejected=self._rejected.value(),
+                calls_allowed=allowed,
+                calls_rejected=rejected,
                 successes=self._successes,
                 failures=self._failures,
                 ignored=self._ignored,
@@ -335,9 +338,14 @@ class CircuitBreaker(Machine):
                 transitions=tuple(self._transitions),
                 dropped_permits=self._dropped.value(),
                 transition_counts=types.MappingProxyType(dict(self._transition_counts)),
-                latency_histogram=self._histogram.buckets(),
+                latency_histogram=(
+                    lifetime.latency_histogram
+                    if self._retired is None
+                    else self._histogram.buckets()
+                ),
                 latency_sum=self._histogram.total,
                 resets=self._resets,
+                lifetime=lifetime,
             )
 
     @property

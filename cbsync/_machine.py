@@ -55,7 +55,7 @@ from ._events import (
     notify_success,
 )
 from ._fork import ForkGuard
-from ._metrics import AtomicCounter, LatencyHistogram
+from ._metrics import AtomicCounter, LatencyHistogram, Lifetime, Retired
 from ._state import State, StateTransition, TransitionReason
 from ._states import Admitted, Closed, Disabled, ForcedOpen, HalfOpen, Open, StateObject
 from ._states import fleet_state as _fleet_state
@@ -146,6 +146,7 @@ class Machine:
         "_rejected",
         "_reopen_count",
         "_resets",
+        "_retired",
         "_slow_calls",
         "_slow_limit",
         "_success_listeners",
@@ -198,6 +199,8 @@ class Machine:
         #: State changes since creation, by (old, new): never reset.
         self._transition_counts: Dict[Tuple[State, State], int] = {}
         self._resets = 0
+        #: The counts before the resets, for lifetime totals (from the first reset).
+        self._retired: Optional[Retired] = None
         self._reopen_count = 0
         #: Latencies of lock-free successes, not folded yet: an array of
         #: doubles (8 bytes each), appended to without the lock.
@@ -510,7 +513,8 @@ class Machine:
     def _reset(self) -> None:
         events: List[Event] = []
         with self._lock:
-            del self._pending[:]
+            self._fold_pending()  # they are successes of the lifetime totals
+            self._retire()
             del self._orphans[:]
             self._window.clear()
             self._clear_counts()
@@ -524,6 +528,48 @@ class Machine:
                 self._binding.changed(LocalTransition(_CLOSED, _CLOSED, reset, reset, None, 0))
             self._refresh_fast()
         self._emit(events)
+
+    def _retire(self) -> None:
+        """Keep the counts a reset is about to clear, for the lifetime totals (lock held)."""
+        retired = self._retired
+        if retired is None:
+            retired = self._retired = Retired()
+        retired.admitted += self._admitted.value()
+        retired.rejected += self._rejected.value()
+        retired.successes += self._successes
+        retired.failures += self._failures
+        retired.ignored += self._ignored
+        retired.slow += self._slow_calls
+        retired.histogram.add(self._histogram)
+
+    def _lifetime(self, allowed: int, rejected: int) -> Lifetime:
+        """The totals since creation, given the current ones (lock held)."""
+        histogram = self._histogram
+        retired = self._retired
+        if retired is None:
+            return Lifetime(
+                allowed,
+                rejected,
+                self._successes,
+                self._failures,
+                self._ignored,
+                self._slow_calls,
+                histogram.buckets(),
+                histogram.total,
+            )
+        merged = LatencyHistogram()
+        merged.add(retired.histogram)
+        merged.add(histogram)
+        return Lifetime(
+            retired.admitted + allowed,
+            retired.rejected + rejected,
+            retired.successes + self._successes,
+            retired.failures + self._failures,
+            retired.ignored + self._ignored,
+            retired.slow + self._slow_calls,
+            merged.buckets(),
+            merged.total,
+        )
 
     def _recover(self, token: object, close: bool, active: Callable[[], bool]) -> bool:
         """A health check passed: leave OPEN, if ``token`` is still the current state.

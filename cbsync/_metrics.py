@@ -70,6 +70,12 @@ class LatencyHistogram:
     def average(self) -> Optional[float]:
         return self.total / self.count if self.count else None
 
+    def add(self, other: "LatencyHistogram") -> None:
+        """Add ``other``'s latencies to this histogram."""
+        self._buckets = [a + b for a, b in zip(self._buckets, other._buckets)]
+        self.count += other.count
+        self.total += other.total
+
     def buckets(self) -> Tuple[Tuple[float, int], ...]:
         """The non-empty buckets: ``(upper bound in seconds, count)``, in
         increasing order; the last bucket's bound is ``inf``."""
@@ -112,6 +118,36 @@ class AtomicCounter:
         return value
 
 
+class Lifetime(NamedTuple):
+    """A breaker's totals since its creation: what ``reset()`` never clears.
+
+    The same counts as a snapshot's totals (and its latency histogram, as
+    ``(upper bound in seconds, calls)`` pairs), summed over every reset: a
+    reader of successive snapshots that uses these misses nothing, resets
+    included.
+    """
+
+    calls_allowed: int = 0
+    calls_rejected: int = 0
+    successes: int = 0
+    failures: int = 0
+    ignored: int = 0
+    slow_calls: int = 0
+    latency_histogram: Tuple[Tuple[float, int], ...] = ()
+    latency_sum: float = 0.0
+
+
+class Retired:
+    """What a breaker counted before its resets (kept from the first reset on)."""
+
+    __slots__ = ("admitted", "failures", "histogram", "ignored", "rejected", "slow", "successes")
+
+    def __init__(self) -> None:
+        self.admitted = self.rejected = self.successes = self.failures = 0
+        self.ignored = self.slow = 0
+        self.histogram = LatencyHistogram()
+
+
 class MetricsSnapshot(NamedTuple):
     """A frozen view of one breaker's metrics.
 
@@ -129,8 +165,10 @@ class MetricsSnapshot(NamedTuple):
       its non-empty buckets as ``(upper bound in seconds, calls)``, bounds
       growing by 5 % from 10 µs (the last one is ``inf``); with
       ``latency_sum``, the seconds they add up to;
-    * ``resets`` -- how many times ``reset()`` cleared the totals (so a reader
-      of successive snapshots can tell a reset from a quiet period).
+    * ``resets`` -- how many times ``reset()`` cleared the totals;
+    * ``lifetime`` -- the totals and the histogram since creation, which
+      ``reset()`` does not clear (:class:`Lifetime`): what a reporter
+      subtracts to be exact across resets.
     """
 
     name: str
@@ -154,3 +192,4 @@ class MetricsSnapshot(NamedTuple):
     latency_histogram: Tuple[Tuple[float, int], ...] = ()
     latency_sum: float = 0.0
     resets: int = 0
+    lifetime: Lifetime = Lifetime()

@@ -14,12 +14,11 @@ nothing for being reported:
   StatsD-style exporter, which never runs on a caller's thread.
 
 A read takes each breaker's lock only for as long as ``snapshot()`` does.
-Counts are exact: a delta is the difference of two totals, so nothing
-happening between two reads is missed -- including state changes, counted
-per ``(old, new)`` in ``snapshot().transition_counts``.  One exception:
-``reset()`` clears a breaker's totals, and what it counted between the last
-read and the reset is not reported (the delta after a reset starts from
-zero; ``snapshot().resets`` tells a reader that one happened).
+Counts are exact: a delta is the difference of two lifetime totals
+(``snapshot().lifetime``, which ``reset()`` never clears), so nothing
+happening between two reads is missed -- resets and state changes
+included, these counted per ``(old, new)`` in
+``snapshot().transition_counts``.
 
 >>> import cbsync
 >>> from cbsync.reporting import Reader
@@ -55,7 +54,7 @@ from ._breaker import CircuitBreaker
 from ._config import Duration, parse_duration
 from ._errors import ConfigError
 from ._fork import ForkGuard
-from ._metrics import LATENCY_BOUNDS, MetricsSnapshot
+from ._metrics import LATENCY_BOUNDS, Lifetime, MetricsSnapshot
 from ._registry import Registry
 from ._state import State
 
@@ -82,7 +81,8 @@ Source = Union[Registry, CircuitBreaker, Iterable[CircuitBreaker]]
 class Delta(NamedTuple):
     """What one breaker did between two reads (see :meth:`Reader.read`).
 
-    Counts are of calls that ended (or were rejected) in the interval;
+    Counts are of calls that ended (or were rejected) in the interval, a
+    ``reset()`` in it changing nothing;
     ``transitions`` maps ``(old, new)`` to how many times the breaker moved
     so; ``latency`` holds the histogram buckets the interval's successes and
     failures fell in, as ``(upper bound in seconds, calls)`` (the bounds of
@@ -113,41 +113,31 @@ class Delta(NamedTuple):
 
 
 def _delta(snapshot: MetricsSnapshot, previous: Optional[MetricsSnapshot]) -> Delta:
+    # Lifetime totals: a reset in between clears nothing they hold.
+    now = snapshot.lifetime
+    before = previous.lifetime if previous is not None else Lifetime()
+    moves_before = previous.transition_counts if previous is not None else {}
     transitions = {
-        move: count - (previous.transition_counts.get(move, 0) if previous else 0)
+        move: count - moves_before.get(move, 0)
         for move, count in snapshot.transition_counts.items()
+        if count != moves_before.get(move, 0)
     }
-    if previous is not None and previous.resets != snapshot.resets:
-        previous = None  # the totals started again from zero at the reset
-    if previous is None:
-        return Delta(
-            snapshot.name,
-            snapshot.successes,
-            snapshot.failures,
-            snapshot.ignored,
-            snapshot.slow_calls,
-            snapshot.calls_rejected,
-            {move: n for move, n in transitions.items() if n},
-            snapshot.latency_histogram,
-            snapshot.latency_sum,
-            snapshot,
-        )
-    before = dict(previous.latency_histogram)
+    earlier = dict(before.latency_histogram)
     latency = tuple(
-        (bound, count - before.get(bound, 0))
-        for bound, count in snapshot.latency_histogram
-        if count != before.get(bound, 0)
+        (bound, count - earlier.get(bound, 0))
+        for bound, count in now.latency_histogram
+        if count != earlier.get(bound, 0)
     )
     return Delta(
         snapshot.name,
-        snapshot.successes - previous.successes,
-        snapshot.failures - previous.failures,
-        snapshot.ignored - previous.ignored,
-        snapshot.slow_calls - previous.slow_calls,
-        snapshot.calls_rejected - previous.calls_rejected,
-        {move: n for move, n in transitions.items() if n},
+        now.successes - before.successes,
+        now.failures - before.failures,
+        now.ignored - before.ignored,
+        now.slow_calls - before.slow_calls,
+        now.calls_rejected - before.calls_rejected,
+        transitions,
         latency,
-        max(0.0, snapshot.latency_sum - previous.latency_sum),
+        max(0.0, now.latency_sum - before.latency_sum),
         snapshot,
     )
 
@@ -214,7 +204,7 @@ class Reader:
 
     def read(self) -> List[Delta]:
         """What each breaker did since the previous :meth:`read` (since its
-        creation, or its last reset, at the first)."""
+        creation, at the first)."""
         self._fork.check()
         with self._lock:
             last = self._last

@@ -12,17 +12,16 @@ two things are added here, once for both exporters:
   count to the first kept bound at or above it.  As every kept bound *is* a
   core bound, each exported bucket counts exactly the calls at or below its
   bound: nothing is estimated.
-* **Totals that survive ``breaker.reset()``.**  A reset clears a breaker's
-  totals (``snapshot().resets`` counts the resets).  A counter that goes
-  down tells Prometheus "the process restarted", and ``rate()`` then adds
-  the new value as the increase -- right only if the breaker did not exceed
-  its old total before the next scrape, silently wrong otherwise.  So
-  :class:`CumulativeReader` keeps the totals monotonic: when it sees that a
-  breaker was reset (its ``resets`` changed, a total went down, or another
-  breaker object now has its name), it adds the totals it last read to an
-  offset kept for that name.  Exported counters then only restart with the
-  process, as Prometheus expects.  What the breaker counted between the last
-  read and the reset is lost: a snapshot no longer has it.
+* **Totals that only go up.**  A counter that goes down tells Prometheus
+  "the process restarted", and ``rate()`` then adds the new value as the
+  increase -- right only if the counter did not pass its old value before
+  the next scrape, silently wrong otherwise.  ``breaker.reset()`` clears a
+  breaker's totals, but not its lifetime totals (``snapshot().lifetime``),
+  which are what is exported: exact across resets.  One more case is
+  handled here: another breaker object under a known name (the default
+  registry swapped for a fresh one) starts from zero, so the totals last
+  read for that name become an offset the new breaker's add to.  Exported
+  counters then only restart with the process, as Prometheus expects.
 
 Reads are serialised (a lock): a collector may be scraped from several
 threads.  Memory: a few dozen numbers per breaker name present at the last
@@ -162,11 +161,10 @@ _COUNTS = 5
 class _Track:
     """What the reader remembers about one name between two reads."""
 
-    __slots__ = ("breaker", "last", "moves", "moves_offset", "offset", "resets", "since_ns")
+    __slots__ = ("breaker", "last", "moves", "moves_offset", "offset", "since_ns")
 
     def __init__(self, breaker: CircuitBreaker, size: int) -> None:
         self.breaker = breaker
-        self.resets = 0
         self.since_ns = time.time_ns()
         self.last: _Values = (0,) * size
         self.offset: _Values = (0,) * size
@@ -227,33 +225,26 @@ class CumulativeReader:
 
     def _advance(self, breaker: CircuitBreaker, track: Optional[_Track]) -> Tuple[Totals, _Track]:
         snapshot = breaker.snapshot()
+        lifetime = snapshot.lifetime  # what reset() never clears
         values: _Values = (
-            snapshot.successes,
-            snapshot.failures,
-            snapshot.ignored,
-            snapshot.slow_calls,
-            snapshot.calls_rejected,
-            snapshot.latency_sum,
-            *self.buckets.fold(snapshot.latency_histogram),
+            lifetime.successes,
+            lifetime.failures,
+            lifetime.ignored,
+            lifetime.slow_calls,
+            lifetime.calls_rejected,
+            lifetime.latency_sum,
+            *self.buckets.fold(lifetime.latency_histogram),
         )
         moves = snapshot.transition_counts
         if track is None:
             track = _Track(breaker, len(values))
-        else:
-            replaced = track.breaker is not breaker
-            if (
-                replaced
-                or track.resets != snapshot.resets
-                or any(now < before for now, before in zip(values, track.last))
-            ):
-                # Reset (or another breaker under this name): what was
-                # exported so far becomes the base the new totals add to.
-                track.offset = tuple(o + v for o, v in zip(track.offset, track.last))
-            if replaced or any(moves.get(move, 0) < n for move, n in track.moves.items()):
-                for move, n in track.moves.items():
-                    track.moves_offset[move] = track.moves_offset.get(move, 0) + n
+        elif track.breaker is not breaker:
+            # Another breaker under this name, counting from zero: what was
+            # exported so far becomes the base its totals add to.
+            track.offset = tuple(o + v for o, v in zip(track.offset, track.last))
+            for move, n in track.moves.items():
+                track.moves_offset[move] = track.moves_offset.get(move, 0) + n
             track.breaker = breaker
-        track.resets = snapshot.resets
         track.last = values
         track.moves = moves
         out = [o + v for o, v in zip(track.offset, values)]

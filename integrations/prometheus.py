@@ -32,8 +32,8 @@ the client like any label value, so any name is safe):
                                                     while the window is empty)
 =======================================  =========  =========================================
 
-Counters only go up: a ``breaker.reset()`` does not reset them (the calls
-counted since the last scrape before a reset are lost).  The histogram's
+Counters only go up: a ``breaker.reset()`` does not reset them (they are
+the snapshot's lifetime totals, and nothing is lost across a reset).  The histogram's
 buckets are a fixed subset of the core's bounds, so every bucket count is
 exact; see :mod:`cbsync.integrations._cumulative` and ``docs/metrics.md``.
 

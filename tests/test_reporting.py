@@ -119,20 +119,48 @@ def test_reader_of_explicit_breakers(clock):
         Reader(42)  # type: ignore[arg-type]
 
 
-def test_a_reset_starts_the_deltas_from_zero(clock):
-    """After reset() the delta counts from the reset (what came before it is not reported)."""
+def test_a_reset_loses_nothing(clock):
+    """Calls before a reset that no read saw yet are still in the next delta."""
     breaker = cbsync.CircuitBreaker("reset", clock=clock)
     reader = Reader(breaker)
     for _ in range(5):
         breaker.call(ok)
     assert reader.read()[0].successes == 5
-    breaker.call(ok)
+    breaker.call(ok)  # never read before the reset
     breaker.reset()
     breaker.call(ok)
     breaker.call(ok)
     (delta,) = reader.read()
-    assert delta.successes == 2
-    assert delta.transitions == {}
+    assert delta.successes == 3
+    assert sum(n for _, n in delta.latency) == 3
+    assert delta.transitions == {}  # the reset of a CLOSED breaker moves nothing
+
+
+def test_lifetime_totals_survive_resets(clock):
+    """snapshot().lifetime sums the totals over resets; the other totals restart."""
+    breaker = cbsync.CircuitBreaker("lifetime", clock=clock, failure_threshold=2, timeout=10)
+    breaker.call(ok)
+    failures(breaker, 2)
+    with pytest.raises(cbsync.CircuitOpenError):
+        breaker.call(ok)
+    breaker.reset()
+    breaker.call(ok)
+    snapshot = breaker.snapshot()
+    assert (snapshot.successes, snapshot.failures, snapshot.calls_rejected) == (1, 0, 0)
+    lifetime = snapshot.lifetime
+    assert (lifetime.successes, lifetime.failures, lifetime.calls_rejected) == (2, 2, 1)
+    assert lifetime.calls_allowed == 4
+    assert sum(n for _, n in lifetime.latency_histogram) == 4
+    assert sum(n for _, n in snapshot.latency_histogram) == 1
+
+
+def test_fast_successes_pending_at_a_reset_count_in_the_lifetime():
+    """Lock-free successes not folded yet when reset() runs still reach the lifetime totals."""
+    breaker = cbsync.CircuitBreaker("pending")
+    for _ in range(100):
+        breaker.call(ok)  # lock-free: buffered until a locked operation folds them
+    breaker.reset()
+    assert breaker.snapshot().lifetime.successes == 100
 
 
 def test_deltas_add_up_to_the_totals_under_threads():
