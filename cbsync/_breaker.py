@@ -10,7 +10,6 @@ construction and validation, ``call()`` and its decorator, ``acquire()`` and
 
 import threading
 import time
-import types
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, cast
 
 from . import _health
@@ -317,35 +316,31 @@ class CircuitBreaker(Machine):
             allowed = self._admitted.value()
             rejected = self._rejected.value()
             lifetime = self._lifetime(allowed, rejected)
+            # Positional: a NamedTuple built from keywords costs twice as much,
+            # and readers snapshot every breaker at every scrape.
             return MetricsSnapshot(
-                name=self._name,
-                state=self._current.state,
-                calls_allowed=allowed,
-                calls_rejected=rejected,
-                successes=self._successes,
-                failures=self._failures,
-                ignored=self._ignored,
-                slow_calls=self._slow_calls,
-                consecutive_failures=self._consecutive,
-                window_calls=calls,
-                window_failure_rate=failures / calls if calls else None,
-                window_slow_call_rate=(
-                    slow / calls if calls and self._config.slow_call_duration is not None else None
-                ),
-                success_rate=self._successes / judged if judged else None,
-                average_latency=self._histogram.average(),
-                p99_latency=self._histogram.percentile(0.99),
-                transitions=tuple(self._transitions),
-                dropped_permits=self._dropped.value(),
-                transition_counts=types.MappingProxyType(dict(self._transition_counts)),
-                latency_histogram=(
-                    lifetime.latency_histogram
-                    if self._retired is None
-                    else self._histogram.buckets()
-                ),
-                latency_sum=self._histogram.total,
-                resets=self._resets,
-                lifetime=lifetime,
+                self._name,
+                self._current.state,
+                allowed,
+                rejected,
+                self._successes,
+                self._failures,
+                self._ignored,
+                self._slow_calls,
+                self._consecutive,
+                calls,
+                failures / calls if calls else None,
+                slow / calls if calls and self._config.slow_call_duration is not None else None,
+                self._successes / judged if judged else None,
+                self._histogram.average(),
+                self._histogram.percentile(0.99),
+                tuple(self._transitions),
+                self._dropped.value(),
+                self._transition_view,
+                lifetime.latency_histogram if self._retired is None else self._histogram.buckets(),
+                self._histogram.total,
+                self._resets,
+                lifetime,
             )
 
     @property

@@ -37,7 +37,8 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Deque, Dict, List, Optional, Tuple, Union, cast
+import types
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple, Union, cast
 
 from ._config import CircuitBreakerConfig, ExceptionMatcher, open_period
 from ._decide import Counts, decide, success_may_open
@@ -152,6 +153,7 @@ class Machine:
         "_success_listeners",
         "_successes",
         "_transition_counts",
+        "_transition_view",
         "_transitions",
         "_warned_drop",
         "_window",
@@ -198,6 +200,8 @@ class Machine:
         self._transitions: Deque[StateTransition] = collections.deque(maxlen=_TRANSITIONS_KEPT)
         #: State changes since creation, by (old, new): never reset.
         self._transition_counts: Dict[Tuple[State, State], int] = {}
+        #: A read-only copy of it for snapshots, kept until the next transition.
+        self._transition_view: Mapping[Tuple[State, State], int] = types.MappingProxyType({})
         self._resets = 0
         #: The counts before the resets, for lifetime totals (from the first reset).
         self._retired: Optional[Retired] = None
@@ -484,6 +488,7 @@ class Machine:
         )
         counts = self._transition_counts
         counts[old, new.state] = counts.get((old, new.state), 0) + 1
+        self._transition_view = types.MappingProxyType(dict(counts))
         events.append(StateChanged(self, old, new.state, reason))
         if self._binding is not None and not remote:
             self._binding.changed(self._describe(old, reason))

@@ -27,13 +27,15 @@ class LatencyHistogram:
     before it).  Cost: O(log buckets) per recorded latency; a batch is sorted
     and cut at the bucket bounds it spans, so most of its cost is C code;
     O(buckets) per percentile.  Memory is :data:`_HIST_BUCKETS` counters
-    however many calls are recorded.
+    however many calls are recorded.  :meth:`buckets` is kept until the next
+    record: an idle breaker's snapshots reuse it.
     """
 
-    __slots__ = ("_buckets", "count", "total")
+    __slots__ = ("_buckets", "_view", "count", "total")
 
     def __init__(self) -> None:
         self._buckets = [0] * _HIST_BUCKETS
+        self._view: Optional[Tuple[Tuple[float, int], ...]] = None
         self.count = 0
         self.total = 0.0
 
@@ -41,11 +43,13 @@ class LatencyHistogram:
         self._buckets[min(bisect.bisect_left(_BOUNDS, seconds), _HIST_BUCKETS - 1)] += 1
         self.count += 1
         self.total += max(seconds, 0.0)
+        self._view = None
 
     def record_many(self, latencies: List[float]) -> None:
         """Record a batch; ``latencies`` is sorted in place."""
         if not latencies:
             return
+        self._view = None
         if max(latencies) <= _HIST_MIN:
             # All in the first bucket (calls faster than it resolves): no
             # need to sort them, which is most of the cost of a batch.
@@ -75,13 +79,18 @@ class LatencyHistogram:
         self._buckets = [a + b for a, b in zip(self._buckets, other._buckets)]
         self.count += other.count
         self.total += other.total
+        self._view = None
 
     def buckets(self) -> Tuple[Tuple[float, int], ...]:
         """The non-empty buckets: ``(upper bound in seconds, count)``, in
         increasing order; the last bucket's bound is ``inf``."""
-        counts = self._buckets
-        # C iterators all the way: this runs in every snapshot() of every reader.
-        return tuple(zip(itertools.compress(LATENCY_BOUNDS, counts), filter(None, counts)))
+        view = self._view
+        if view is None:
+            counts = self._buckets
+            # C iterators all the way: this runs in every snapshot() of every reader.
+            view = tuple(zip(itertools.compress(LATENCY_BOUNDS, counts), filter(None, counts)))
+            self._view = view
+        return view
 
     def percentile(self, fraction: float) -> Optional[float]:
         """Upper bound of the bucket holding the ``fraction`` quantile."""
@@ -89,10 +98,11 @@ class LatencyHistogram:
             return None
         rank = max(1, math.ceil(fraction * self.count))
         seen = 0
-        for index, n in enumerate(self._buckets):
+        # Over the non-empty buckets only: few, whatever the number of calls.
+        for bound, n in self.buckets():
             seen += n
             if seen >= rank:
-                return _BOUNDS[index]
+                return bound if bound != math.inf else _BOUNDS[-1]
         raise AssertionError("unreachable: bucket counts add up to count")
 
 

@@ -116,18 +116,25 @@ def _delta(snapshot: MetricsSnapshot, previous: Optional[MetricsSnapshot]) -> De
     # Lifetime totals: a reset in between clears nothing they hold.
     now = snapshot.lifetime
     before = previous.lifetime if previous is not None else Lifetime()
+    # A breaker keeps these two until they change: the same objects, nothing new.
+    moves = snapshot.transition_counts
     moves_before = previous.transition_counts if previous is not None else {}
-    transitions = {
-        move: count - moves_before.get(move, 0)
-        for move, count in snapshot.transition_counts.items()
-        if count != moves_before.get(move, 0)
-    }
-    earlier = dict(before.latency_histogram)
-    latency = tuple(
-        (bound, count - earlier.get(bound, 0))
-        for bound, count in now.latency_histogram
-        if count != earlier.get(bound, 0)
+    transitions = (
+        {}
+        if moves is moves_before
+        else {
+            m: n - moves_before.get(m, 0) for m, n in moves.items() if n != moves_before.get(m, 0)
+        }
     )
+    if now.latency_histogram is before.latency_histogram:
+        latency: Tuple[Tuple[float, int], ...] = ()
+    else:
+        earlier = dict(before.latency_histogram)
+        latency = tuple(
+            (bound, count - earlier.get(bound, 0))
+            for bound, count in now.latency_histogram
+            if count != earlier.get(bound, 0)
+        )
     return Delta(
         snapshot.name,
         now.successes - before.successes,
