@@ -304,9 +304,10 @@ return reply(s, {c, f, sl, cf})
 """
 )
 
-# ARGV: name, org, mode ('cas' or 'force'), expected ep, expected v (-1: any
-# version whose state is the expected from-state), from-state, new state, rk,
-# rv, tk, tv, remaining ms (OPEN), reopen count (-1: keep), key_ttl.
+# ARGV: name, org, mode ('cas' or 'force'), expected ep, expected v (-1, or a
+# hash at version 0: any version whose state is the expected from-state),
+# from-state, new state, rk, rv, tk, tv, remaining ms (OPEN), reopen count
+# (-1: keep), key_ttl.
 # Extra reply: 1 if this call made the transition.
 _TRANSITION = (
     _PRELUDE
@@ -315,7 +316,9 @@ local s = load(true)
 local ok
 if ARGV[3] == 'force' then
   ok = true
-elseif tonumber(ARGV[5]) < 0 then
+elseif tonumber(ARGV[5]) < 0 or s.v == 0 then
+  -- No expected version, or a hash no process ever moved (new, or Redis lost
+  -- its data since the version was seen): nothing to lose a race to.
   ok = s.st == ARGV[6]
 else
   ok = s.ep == ARGV[4] and s.v == tonumber(ARGV[5])

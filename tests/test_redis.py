@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List
 import _redis_workers
 import pytest
 import redis
-from _redis_support import REDIS_URL, RedisServer, Stores, wait_until
+from _redis_support import REDIS_URL, RedisServer, Stores, delete_prefix, wait_until
 from _support import failures, ok
 
 import cbsync
@@ -317,6 +317,33 @@ def test_a_second_trip_publishes_its_reason(stores):
     second.sync()
     assert (one.state, two.state) == (State.FORCED_OPEN, State.FORCED_OPEN)
     assert rejection(two).reason == OpenReason("manual", "still broken")
+
+
+def test_a_redis_that_lost_its_data_is_given_the_opening_as_it_was_made(stores):
+    """Keys gone (a restart, an eviction): the local opening is published with its own reason.
+
+    The calls still running when the circuit opened end as failures after it:
+    they count in the totals, not in the streak that opened it, and the
+    fleet is not judged again from them.
+    """
+    store = stores(60)
+    breaker = cbsync.CircuitBreaker(
+        "svc", store=store, failure_threshold=3, failure_rate_threshold=None, timeout="30s"
+    )
+    breaker.call(ok)
+    assert store.sync()
+    delete_prefix(stores.url, stores.prefix)  # Redis lost everything
+    with store._round_lock:  # no round in between: the opening wakes the background thread
+        late = [breaker.acquire(), breaker.acquire()]  # admitted while CLOSED, still running
+        failures(breaker, 3)
+        assert breaker.state is State.OPEN
+        for permit in late:
+            permit.failure(OSError("late"))
+    assert store.sync()
+    [row] = store.fleet_status()
+    assert (row.state, row.reason) == (State.OPEN, OpenReason("consecutive_failures", 3))
+    assert 20.0 < row.retry_after <= 30.0
+    assert last_reason(breaker) == OpenReason("consecutive_failures", 3)
 
 
 def test_a_count_based_window_shows_at_most_window_size_fleet_calls(stores):
