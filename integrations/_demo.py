@@ -412,6 +412,8 @@ class _PrometheusEndpoint:
         register(metrics, registry)
         app = prometheus_client.make_wsgi_app(metrics)
         self.scrapes = 0
+        self.served: Dict[str, Dict[str, object]] = {}
+        self.error = ""
 
         def counted(environ: Any, start_response: Any) -> Any:
             self.scrapes += 1
@@ -435,6 +437,37 @@ class _PrometheusEndpoint:
         except ImportError:
             return None
         return cls(registry)
+
+    def read_back(self) -> None:
+        """Scrape the endpoint once over HTTP, as Prometheus would; keep what it says.
+
+        ``self.served``: per breaker, its state (the one-hot ``cbsync_state``
+        series at 1), ``cbsync_rejected_total`` and the sum of its
+        ``cbsync_transitions_total``.  The demo's own scrape is not counted in
+        ``scrapes``.  A failed scrape leaves ``served`` empty and says why in
+        ``error``.
+        """
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(self.url, timeout=_JOIN_TIMEOUT) as response:
+                text = response.read().decode("utf-8")
+        except OSError as exc:
+            self.error = "{}: {}".format(type(exc).__name__, exc)
+            return
+        self.scrapes -= 1
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.labels.get("breaker")
+                if name is None:
+                    continue
+                row = self.served.setdefault(name, {"state": "?", "rejected": 0, "moves": 0})
+                if sample.name == "cbsync_state" and sample.value == 1:
+                    row["state"] = sample.labels["state"]
+                elif sample.name == "cbsync_rejected_total":
+                    row["rejected"] = int(sample.value)
+                elif sample.name == "cbsync_transitions_total":
+                    row["moves"] = int(row["moves"]) + int(sample.value)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -998,6 +1031,7 @@ class _Demo:
             self.receiver.drain()
             self.receiver.close()
         if self.prometheus is not None:
+            self.prometheus.read_back()
             self.prometheus.close()
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -1085,12 +1119,22 @@ class _Demo:
                 grouped.setdefault(base, []).append("{} {}".format(move, count))
             for base in sorted(grouped):
                 out.write("  {}.transition: {}\n".format(base, ", ".join(grouped[base])))
-        if self.prometheus is not None:
+        prometheus = self.prometheus
+        if prometheus is not None:
             out.write(
-                "\nPrometheus: {} scrapes of {}\n".format(
-                    self.prometheus.scrapes, self.prometheus.url
+                "\nPrometheus: {} scraped {} times while the demo ran; a last scrape "
+                "read{}\n".format(
+                    prometheus.url,
+                    prometheus.scrapes,
+                    " nothing ({})".format(prometheus.error) if prometheus.error else ":",
                 )
             )
+            for name in sorted(prometheus.served):
+                row = prometheus.served[name]
+                out.write(
+                    '  {{breaker="{}"}}  state {}, rejected_total {}, transitions_total '
+                    "{}\n".format(name, row["state"], row["rejected"], row["moves"])
+                )
         out.flush()
 
 

@@ -24,11 +24,20 @@ STATSD = re.compile(r"^StatsD: (\d+) lines received", re.MULTILINE)
 #: ``  cbsync.demo.rates_fetch_rate.transition: closed.open 1, open.half_open 3, ...``
 STATSD_TRANSITIONS = re.compile(r"^  cbsync\.demo\.(\S+)\.transition: (.*)$", re.MULTILINE)
 DATABASE = re.compile(r"SELECT from (\S+)$", re.MULTILINE)
+PROMETHEUS = re.compile(
+    r"^Prometheus: (\S+) scraped (\d+) times while the demo ran; a last scrape read:$",
+    re.MULTILINE,
+)
+#: ``  {breaker="rates.fetch_rate"}  state closed, rejected_total 569, transitions_total 9``
+SERVED = re.compile(
+    r'^  \{breaker="(\S+)"\}  state (\w+), rejected_total (\d+), transitions_total (\d+)$',
+    re.MULTILINE,
+)
 
 
 def demo_command(duration):
     # Run with cwd=tmp_path: from the project root, `python -m` would import the
-    # source tree's cbsync, which has no cbsync.integrations before installation.
+    # source tree's cbsync instead of the installed one that tox tests.
     return [sys.executable, "-m", "cbsync", "demo", "--duration", str(duration)]
 
 
@@ -88,6 +97,15 @@ def test_demo_opens_every_breaker_in_the_outage_and_closes_it_after(tmp_path):
     for moves in reported.values():
         assert re.search(r"\bclosed\.open [1-9]", moves), moves
         assert re.search(r"\bhalf_open\.closed [1-9]", moves), moves
+    prometheus = PROMETHEUS.search(output)
+    assert prometheus is not None, output
+    assert prometheus.group(1).startswith("http://127.0.0.1:")
+    served = {name: rest for name, *rest in SERVED.findall(output)}
+    assert set(served) == names
+    for name, (state, rejected, moves) in served.items():
+        assert state == "closed"
+        assert int(rejected) > 0
+        assert int(moves) == sum(1 for _, n, _, _ in transitions if n == name), name
     assert output.rstrip().endswith("Done.")
     database = DATABASE.search(output)
     assert database is not None
