@@ -400,6 +400,17 @@ class _QuietWSGIHandler(WSGIRequestHandler):
         """Quiet: a scrape is not news."""
 
 
+class _Served:
+    """What the demo's last scrape read of one breaker."""
+
+    __slots__ = ("rejected", "state", "transitions")
+
+    def __init__(self) -> None:
+        self.state = "?"
+        self.rejected = 0
+        self.transitions = 0
+
+
 class _PrometheusEndpoint:
     """The demo's breakers at ``url``, through cbsync's Prometheus collector."""
 
@@ -412,7 +423,7 @@ class _PrometheusEndpoint:
         register(metrics, registry)
         app = prometheus_client.make_wsgi_app(metrics)
         self.scrapes = 0
-        self.served: Dict[str, Dict[str, object]] = {}
+        self.served: Dict[str, _Served] = {}
         self.error = ""
 
         def counted(environ: Any, start_response: Any) -> Any:
@@ -461,13 +472,13 @@ class _PrometheusEndpoint:
                 name = sample.labels.get("breaker")
                 if name is None:
                     continue
-                row = self.served.setdefault(name, {"state": "?", "rejected": 0, "moves": 0})
+                served = self.served.setdefault(name, _Served())
                 if sample.name == "cbsync_state" and sample.value == 1:
-                    row["state"] = sample.labels["state"]
+                    served.state = sample.labels["state"]
                 elif sample.name == "cbsync_rejected_total":
-                    row["rejected"] = int(sample.value)
+                    served.rejected = int(sample.value)
                 elif sample.name == "cbsync_transitions_total":
-                    row["moves"] = int(row["moves"]) + int(sample.value)
+                    served.transitions += int(sample.value)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -1130,10 +1141,10 @@ class _Demo:
                 )
             )
             for name in sorted(prometheus.served):
-                row = prometheus.served[name]
+                served = prometheus.served[name]
                 out.write(
                     '  {{breaker="{}"}}  state {}, rejected_total {}, transitions_total '
-                    "{}\n".format(name, row["state"], row["rejected"], row["moves"])
+                    "{}\n".format(name, served.state, served.rejected, served.transitions)
                 )
         out.flush()
 
