@@ -460,8 +460,9 @@ class _PrometheusEndpoint:
         """
         from prometheus_client.parser import text_string_to_metric_families
 
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
         try:
-            with urllib.request.urlopen(self.url, timeout=_JOIN_TIMEOUT) as response:
+            with opener.open(self.url, timeout=_JOIN_TIMEOUT) as response:
                 text = response.read().decode("utf-8")
         except OSError as exc:
             self.error = "{}: {}".format(type(exc).__name__, exc)
