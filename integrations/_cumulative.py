@@ -36,15 +36,13 @@ import time
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import cbsync
-from cbsync import CircuitBreaker, ConfigError, Registry, State
-from cbsync.reporting import LATENCY_BOUNDS, Reader
+from cbsync import CircuitBreaker, ConfigError, State
+from cbsync.reporting import LATENCY_BOUNDS, Reader, Source
 from cbsync.toolkit import ForkGuard
 
 __all__ = ["DEFAULT_BUCKETS", "Buckets", "CumulativeReader", "Source", "Totals", "label_value"]
 
 logger = logging.getLogger("cbsync")
-
-Source = Union[Registry, CircuitBreaker, Sequence[CircuitBreaker]]
 
 #: The latencies, in seconds, that the exported buckets stand for: each is
 #: replaced by the core's bound at or just above it (0.1 ms becomes
